@@ -1,0 +1,69 @@
+# overlay-switch-webhook — see README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CARGO        ?= cargo
+BIN          := target/debug/overlay-switch-webhook
+CERTS_DIR    ?= certs/out
+LISTEN_PORT  ?= 9443
+METRICS_PORT ?= 8080
+# e2e tests each start their own kube-apiserver + etcd; two at a time fit 2 cores.
+TEST_THREADS ?= 2
+
+.PHONY: build test unit e2e certs run lint fmt controlplane webhook-config demo dev-up dev-down bench clean
+
+build:
+	$(CARGO) build
+
+## Control plane for tests: kube-apiserver, etcd, kubectl built from the Go
+## module proxy (or $KUBEBUILDER_ASSETS), cached outside the checkout.
+controlplane:
+	@tests/controlplane/build.sh >/dev/null
+
+## Everything: unit, property, integration and e2e tests.
+test: controlplane
+	$(CARGO) test --all-targets -- --test-threads=$(TEST_THREADS)
+
+## Unit and property tests only (no control plane).
+unit:
+	$(CARGO) test --lib --bins
+
+## Tests against the real kube-apiserver only.
+e2e: controlplane
+	$(CARGO) test --test 'e2e_*' -- --test-threads=$(TEST_THREADS)
+
+certs: build
+	$(BIN) certs --out-dir $(CERTS_DIR)
+
+webhook-config: build
+	@$(BIN) webhook-config --mode service --ca-file $(CERTS_DIR)/ca.crt
+
+run: build
+	@test -f $(CERTS_DIR)/tls.crt || $(BIN) certs --out-dir $(CERTS_DIR)
+	$(BIN) --log-format text serve --tls-cert-file $(CERTS_DIR)/tls.crt --tls-key-file $(CERTS_DIR)/tls.key \
+	  --listen-addr 127.0.0.1:$(LISTEN_PORT) --metrics-addr 127.0.0.1:$(METRICS_PORT)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## The main job on a local control plane, start to end.
+demo: build controlplane
+	@scripts/demo.sh demo
+
+## A local control plane + webhook left running; prints `export KUBECONFIG=...`.
+dev-up: build controlplane
+	@scripts/demo.sh up
+
+dev-down:
+	@scripts/demo.sh down
+
+bench:
+	$(CARGO) bench
+
+clean:
+	$(CARGO) clean
+	rm -rf $(CERTS_DIR)

@@ -1,0 +1,225 @@
+//! `make bench`: admission latency for the Gardener calico-node DaemonSet
+//! fixture (overlay-ipip -> native), in-process and over TLS, reported as
+//! ratios against baselines measured in the same run (these machines are
+//! noisy: absolute numbers mean little, ratios travel).
+//!
+//! Baselines:
+//! - in-process: parsing the same review body into `serde_json::Value`
+//!   (the least any webhook must do);
+//! - over TLS: a POST of the same body to a route that returns a fixed
+//!   response (what TLS + HTTP cost without our logic).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use overlay_switch_webhook::cluster::{Cluster, Settings};
+use overlay_switch_webhook::server::{self, AppState};
+use overlay_switch_webhook::webhook::Webhook;
+use serde_json::{Value, json};
+
+fn load(rel: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<Value> = text
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    docs.into_iter().next().unwrap()
+}
+
+fn review_body() -> Vec<u8> {
+    let old = load("gardener-calico/overlay-ipip/daemonset-calico-node.yaml");
+    let new = load("gardener-calico/native/daemonset-calico-node.yaml");
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "b1", "kind": {"group": "apps", "version": "v1", "kind": "DaemonSet"},
+            "resource": {"group": "apps", "version": "v1", "resource": "daemonsets"},
+            "name": "calico-node", "namespace": "kube-system", "operation": "UPDATE",
+            "userInfo": {"username": "bench"}, "object": new, "oldObject": old, "dryRun": false
+        }
+    }))
+    .unwrap()
+}
+
+/// Median and p99 of `n` timed runs of `f`, after `warm` untimed ones.
+fn measure(n: usize, warm: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    for _ in 0..warm {
+        f();
+    }
+    let mut v: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    (v[n / 2], v[n * 99 / 100])
+}
+
+fn state(cluster: Arc<Cluster>) -> Arc<AppState> {
+    let (registry, metrics) = overlay_switch_webhook::metrics::registry();
+    Arc::new(AppState {
+        webhook: Webhook { cluster, metrics },
+        registry,
+        tls_loaded: AtomicBool::new(true),
+        shutting_down: AtomicBool::new(false),
+        on_outcome: None,
+    })
+}
+
+fn main() {
+    let body = review_body();
+    println!(
+        "review body: {} bytes (Gardener calico-node DaemonSet, overlay-ipip -> native)",
+        body.len()
+    );
+
+    // The cluster as the webhook sees it with the guard on and one node blocked:
+    // every review is a held switch (the most work the webhook does).
+    let cluster = Cluster::new(Settings::default());
+    feed_blocked_cluster(&cluster);
+    let st = state(cluster);
+
+    let (base_med, base_p99) = measure(2000, 200, || {
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        std::hint::black_box(v);
+    });
+    let (ours_med, ours_p99) = measure(2000, 200, || {
+        let (out, outcome) = st.webhook.review(&body);
+        assert_eq!(outcome.verdict, "held");
+        std::hint::black_box(out);
+    });
+    println!("in-process:");
+    println!("  baseline serde_json::Value parse  median {base_med:>10.1?}  p99 {base_p99:>10.1?}");
+    println!("  webhook review (held, patch)      median {ours_med:>10.1?}  p99 {ours_p99:>10.1?}");
+    println!(
+        "  ratio webhook/baseline            median {:.2}x  p99 {:.2}x",
+        ours_med.as_secs_f64() / base_med.as_secs_f64(),
+        ours_p99.as_secs_f64() / base_p99.as_secs_f64()
+    );
+
+    over_tls(&body, st);
+}
+
+fn feed_blocked_cluster(cluster: &Arc<Cluster>) {
+    use k8s_openapi::api::core::v1::{Namespace, Node};
+    use overlay_switch_webhook::watch::Store as _;
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "kube-system", "annotations": {
+        "calico.networking.extensions.gardener.cloud/seamless-overlay-switch": "true"}}}))
+        .unwrap();
+    cluster.toggle.relist_begin();
+    cluster.toggle.relist_apply(ns);
+    cluster.toggle.relist_done();
+    cluster.routes.relist_begin();
+    for i in 0..100 {
+        let reason = if i == 7 {
+            "NoRouteCreated"
+        } else {
+            "RouteCreated"
+        };
+        let status = if i == 7 { "True" } else { "False" };
+        let n: Node = serde_json::from_value(json!({"metadata": {"name": format!("node-{i}")},
+            "status": {"conditions": [{"type": "NetworkUnavailable", "status": status, "reason": reason,
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
+        .unwrap();
+        cluster.routes.relist_apply(n);
+    }
+    cluster.routes.relist_done();
+    for k in [
+        overlay_switch_webhook::overlay::CalicoKind::ConfigMap,
+        overlay_switch_webhook::overlay::CalicoKind::IpPool,
+        overlay_switch_webhook::overlay::CalicoKind::DaemonSet,
+    ] {
+        let s = cluster.held.store(k);
+        s.relist_begin();
+        s.relist_done();
+    }
+}
+
+fn over_tls(body: &[u8], st: Arc<AppState>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let bundle = overlay_switch_webhook::certs::generate(
+            &["localhost".into()],
+            &["127.0.0.1".parse().unwrap()],
+            1,
+        )
+        .unwrap();
+        let tls = Arc::new(
+            overlay_switch_webhook::tls::server_config_from_pem(
+                bundle.tls_cert_pem.as_bytes(),
+                bundle.tls_key_pem.as_bytes(),
+            )
+            .unwrap(),
+        );
+        let fixed = axum::Router::new().route(
+            "/fixed",
+            axum::routing::post(|_b: axum::body::Bytes| async {
+                ([("content-type", "application/json")], "{}")
+            }),
+        );
+        let router = server::webhook_router(st).merge(fixed);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(server::serve_tls(
+            listener,
+            tls,
+            router,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(bundle.ca_cert_pem.as_bytes()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let body = body.to_vec();
+        let run = |path: &'static str| {
+            let client = client.clone();
+            let body = body.clone();
+            async move {
+                let mut v = Vec::with_capacity(500);
+                for i in 0..600 {
+                    let t = Instant::now();
+                    let r = client
+                        .post(format!("https://127.0.0.1:{port}{path}"))
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    let bytes = r.bytes().await.unwrap();
+                    std::hint::black_box(bytes);
+                    if i >= 100 {
+                        v.push(t.elapsed());
+                    }
+                }
+                v.sort();
+                (v[v.len() / 2], v[v.len() * 99 / 100])
+            }
+        };
+        let (bm, bp) = run("/fixed").await;
+        let (om, op) = run("/mutate").await;
+        println!("over TLS (keep-alive, same body):");
+        println!("  baseline fixed response          median {bm:>10.1?}  p99 {bp:>10.1?}");
+        println!("  webhook /mutate (held, patch)    median {om:>10.1?}  p99 {op:>10.1?}");
+        println!(
+            "  ratio webhook/baseline           median {:.2}x  p99 {:.2}x",
+            om.as_secs_f64() / bm.as_secs_f64(),
+            op.as_secs_f64() / bp.as_secs_f64()
+        );
+    });
+}

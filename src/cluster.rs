@@ -1,0 +1,168 @@
+//! One guarded cluster: its settings, route cache, toggle and held records,
+//! held by the server as a value (not process-wide globals), so that one
+//! process can later serve many clusters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher;
+
+use crate::held::{HeldRegistry, ObjectKey};
+use crate::overlay::CalicoKind;
+use crate::routes::RouteCache;
+use crate::toggle::ToggleState;
+use crate::watch::{Backoff, keep_watching};
+
+/// Which objects are Calico's, and how the gate behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace of calico-node and calico-config; its annotations toggle the guard.
+    pub calico_namespace: String,
+    pub daemonset_name: String,
+    pub configmap_name: String,
+    /// The `NetworkUnavailable=False` reason that means "route created".
+    pub required_reason: String,
+    /// How long every node must have had its route before a switch passes.
+    pub settle: Duration,
+    /// How many blocking nodes a warning names.
+    pub max_named_nodes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            calico_namespace: "kube-system".into(),
+            daemonset_name: "calico-node".into(),
+            configmap_name: "calico-config".into(),
+            required_reason: crate::routes::DEFAULT_REASON.into(),
+            settle: Duration::from_secs(10),
+            max_named_nodes: 3,
+        }
+    }
+}
+
+pub const IPPOOL_GROUP: &str = "crd.projectcalico.org";
+pub const IPPOOL_VERSION: &str = "v1";
+
+pub fn ippool_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(IPPOOL_GROUP, IPPOOL_VERSION, "IPPool"),
+        "ippools",
+    )
+}
+
+pub fn daemonset_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apps", "v1", "DaemonSet"),
+        "daemonsets",
+    )
+}
+
+pub fn configmap_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "ConfigMap"), "configmaps")
+}
+
+impl Settings {
+    /// Which Calico kind an admission request is about, if any.
+    pub fn identify(
+        &self,
+        group: &str,
+        version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<CalicoKind> {
+        let in_ns = namespace == Some(self.calico_namespace.as_str());
+        match (group, version, kind) {
+            ("apps", "v1", "DaemonSet") if in_ns && name == self.daemonset_name => {
+                Some(CalicoKind::DaemonSet)
+            }
+            ("", "v1", "ConfigMap") if in_ns && name == self.configmap_name => {
+                Some(CalicoKind::ConfigMap)
+            }
+            (IPPOOL_GROUP, IPPOOL_VERSION, "IPPool") => Some(CalicoKind::IpPool),
+            _ => None,
+        }
+    }
+
+    pub fn key(&self, kind: CalicoKind, name: &str) -> ObjectKey {
+        ObjectKey {
+            kind: kind.into(),
+            namespace: (kind != CalicoKind::IpPool).then(|| self.calico_namespace.clone()),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// Everything the webhook knows about one cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub settings: Settings,
+    pub routes: Arc<RouteCache>,
+    pub toggle: Arc<ToggleState>,
+    pub held: Arc<HeldRegistry>,
+}
+
+impl Cluster {
+    pub fn new(settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            routes: Arc::new(RouteCache::new(settings.required_reason.clone())),
+            toggle: Arc::new(ToggleState::new(settings.calico_namespace.clone())),
+            held: Arc::new(HeldRegistry::default()),
+            settings,
+        })
+    }
+
+    /// True when every watch has synced: the route state, the toggle and the
+    /// held records are known.
+    pub fn synced(&self) -> bool {
+        self.routes.snapshot(0).synced && self.toggle.get().synced && self.held.synced()
+    }
+
+    /// Starts the watches of this cluster; they run until the set is dropped.
+    pub fn spawn_watches(&self, client: &Client, tasks: &mut tokio::task::JoinSet<()>) {
+        let b = Backoff::default();
+        tasks.spawn(keep_watching(
+            "nodes",
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            self.routes.clone(),
+            b,
+        ));
+        tasks.spawn(keep_watching(
+            "toggle-namespace",
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", self.settings.calico_namespace)),
+            self.toggle.clone(),
+            b,
+        ));
+        let ns = &self.settings.calico_namespace;
+        tasks.spawn(keep_watching(
+            "calico-daemonset",
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &daemonset_resource()),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", self.settings.daemonset_name)),
+            Arc::new(self.held.store(CalicoKind::DaemonSet)),
+            b,
+        ));
+        tasks.spawn(keep_watching(
+            "calico-configmap",
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &configmap_resource()),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", self.settings.configmap_name)),
+            Arc::new(self.held.store(CalicoKind::ConfigMap)),
+            b,
+        ));
+        tasks.spawn(keep_watching(
+            "calico-ippools",
+            Api::<DynamicObject>::all_with(client.clone(), &ippool_resource()),
+            watcher::Config::default(),
+            Arc::new(self.held.store(CalicoKind::IpPool)),
+            b,
+        ));
+    }
+}

@@ -1,0 +1,268 @@
+//! The gate (pure): from the route state, the toggle and the held records of
+//! one cluster, decide what an update of a Calico object gets.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::routes::{Snapshot, describe_blockers};
+use crate::toggle::Toggle;
+
+/// Whether a switch may go through now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// Closed, with the reason in words (used in warnings and the record).
+    Closed(String),
+}
+
+impl Gate {
+    pub fn is_open(&self) -> bool {
+        matches!(self, Gate::Open)
+    }
+}
+
+/// Routes alone: open only when the cache is synced and every node has had
+/// its route for at least `settle`. Unknown is closed.
+pub fn routes_gate(routes: &Snapshot, settle: Duration, now: Timestamp) -> Gate {
+    if !routes.synced {
+        return Gate::Closed("node route state unknown (node watch not synced)".into());
+    }
+    let Some(since) = routes.all_routed_since else {
+        return Gate::Closed(describe_blockers(routes));
+    };
+    let settle = SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX);
+    let elapsed = now.duration_since(since);
+    if elapsed >= settle {
+        Gate::Open
+    } else {
+        let left = settle - elapsed.max(SignedDuration::ZERO);
+        Gate::Closed(format!(
+            "all {} node{} have routes, settling for {}s more",
+            routes.total,
+            if routes.total == 1 { "" } else { "s" },
+            left.as_secs() + i64::from(left.subsec_nanos() > 0)
+        ))
+    }
+}
+
+/// When `routes_gate` closed by settle time only, how long until it opens.
+pub fn opens_in(routes: &Snapshot, settle: Duration, now: Timestamp) -> Option<Duration> {
+    let since = routes.all_routed_since.filter(|_| routes.synced)?;
+    let settle = SignedDuration::try_from(settle).ok()?;
+    let left = settle - now.duration_since(since);
+    Some(Duration::try_from(left.max(SignedDuration::ZERO)).unwrap_or_default())
+}
+
+/// What the webhook knows about one update of a Calico object.
+#[derive(Debug, Clone)]
+pub struct Situation<'a> {
+    pub toggle: Toggle,
+    pub routes: &'a Snapshot,
+    pub settle: Duration,
+    pub now: Timestamp,
+    /// The update reduces encapsulation.
+    pub is_switch: bool,
+    /// The old object carries a held record.
+    pub old_has_record: bool,
+    /// Other Calico objects of the same cluster that carry a held record
+    /// (`None` while that is unknown: the object watches are not synced).
+    pub others_held: Option<&'a [String]>,
+    /// The update is the release controller's own (`release` / `cancel`).
+    pub action: Option<&'a str>,
+}
+
+/// The decision for one update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admit unchanged (guard off, not a switch, nothing held).
+    Admit,
+    /// A switch that goes through; any record on it is removed.
+    Pass { released: bool },
+    /// Not a switch, but a switch is pending on this object: the update goes
+    /// through and keeps the record.
+    KeepRecord,
+    /// A cancel by the release controller: the record is removed.
+    Cancel,
+    /// Hold the switch, with the reason.
+    Hold(String),
+}
+
+pub fn decide(s: &Situation<'_>) -> Verdict {
+    if s.action == Some("cancel") && !s.is_switch {
+        return Verdict::Cancel;
+    }
+    if s.toggle.synced && !s.toggle.guard {
+        // Guard off: admit as asked. A record on the object (the guard was
+        // turned off while holding) is left to the release controller.
+        return if s.is_switch {
+            Verdict::Pass { released: false }
+        } else if s.old_has_record {
+            Verdict::KeepRecord
+        } else {
+            Verdict::Admit
+        };
+    }
+    if !s.is_switch {
+        return if s.old_has_record {
+            Verdict::KeepRecord
+        } else {
+            Verdict::Admit
+        };
+    }
+    if !s.toggle.synced {
+        return Verdict::Hold("guard state unknown (namespace watch not synced)".into());
+    }
+    let gate = routes_gate(s.routes, s.settle, s.now);
+    let released = s.action == Some("release");
+    if released && (gate.is_open() || s.toggle.force) {
+        // The release controller applies a held switch: the gate (or an
+        // operator's force) is the one authority, other records don't matter
+        // because it releases all of them.
+        return Verdict::Pass { released: true };
+    }
+    match (gate, s.others_held) {
+        (Gate::Closed(why), _) => Verdict::Hold(why),
+        (Gate::Open, None) => Verdict::Hold(
+            "held-switch records of this cluster unknown (Calico object watches not synced)".into(),
+        ),
+        (Gate::Open, Some(others)) if !others.is_empty() => Verdict::Hold(format!(
+            "joins the held switch of {} so that the cluster never ends up half switched; all are released together",
+            others.join(", ")
+        )),
+        (Gate::Open, Some(_)) => Verdict::Pass { released: false },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::Blocker;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn routed(since: i64) -> Snapshot {
+        Snapshot {
+            synced: true,
+            total: 3,
+            with_route: 3,
+            all_routed_since: Some(ts(since)),
+            blockers: vec![],
+        }
+    }
+
+    fn blocked() -> Snapshot {
+        Snapshot {
+            synced: true,
+            total: 3,
+            with_route: 2,
+            all_routed_since: None,
+            blockers: vec![("n3".into(), Blocker::NoRouteCreated)],
+        }
+    }
+
+    fn on() -> Toggle {
+        Toggle {
+            synced: true,
+            guard: true,
+            cancel: false,
+            force: false,
+        }
+    }
+
+    fn sit<'a>(routes: &'a Snapshot, others: &'a [String]) -> Situation<'a> {
+        Situation {
+            toggle: on(),
+            routes,
+            settle: Duration::from_secs(10),
+            now: ts(1000),
+            is_switch: true,
+            old_has_record: false,
+            others_held: Some(others),
+            action: None,
+        }
+    }
+
+    #[test]
+    fn switch_passes_only_after_settle() {
+        let r = routed(995);
+        assert_eq!(
+            decide(&sit(&r, &[])),
+            Verdict::Hold("all 3 nodes have routes, settling for 5s more".into())
+        );
+        let r = routed(990);
+        assert_eq!(decide(&sit(&r, &[])), Verdict::Pass { released: false });
+        assert_eq!(
+            opens_in(&routed(995), Duration::from_secs(10), ts(1000)),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn blocked_and_unknown_hold() {
+        let b = blocked();
+        assert_eq!(
+            decide(&sit(&b, &[])),
+            Verdict::Hold(
+                "1 of 3 nodes have no route yet (n3: NoRouteCreated)".replace("have", "has")
+            )
+        );
+        let unknown = Snapshot {
+            synced: false,
+            ..routed(0)
+        };
+        assert!(matches!(decide(&sit(&unknown, &[])), Verdict::Hold(w) if w.contains("unknown")));
+        let r = routed(0);
+        let mut s = sit(&r, &[]);
+        s.toggle = Toggle::default();
+        assert!(matches!(decide(&s), Verdict::Hold(w) if w.contains("guard state unknown")));
+        s.toggle = on();
+        s.others_held = None;
+        assert!(matches!(decide(&s), Verdict::Hold(_)));
+    }
+
+    #[test]
+    fn guard_off_and_non_switches_are_admitted() {
+        let b = blocked();
+        let mut s = sit(&b, &[]);
+        s.toggle.guard = false;
+        assert_eq!(decide(&s), Verdict::Pass { released: false });
+        s.toggle.guard = true;
+        s.is_switch = false;
+        assert_eq!(decide(&s), Verdict::Admit);
+        s.old_has_record = true;
+        assert_eq!(decide(&s), Verdict::KeepRecord);
+    }
+
+    #[test]
+    fn a_switch_joins_other_held_objects_until_released_together() {
+        let r = routed(0);
+        let others = vec!["ConfigMap kube-system/calico-config".to_string()];
+        assert!(
+            matches!(decide(&sit(&r, &others)), Verdict::Hold(w) if w.contains("half switched"))
+        );
+        let mut s = sit(&r, &others);
+        s.action = Some("release");
+        assert_eq!(decide(&s), Verdict::Pass { released: true });
+        // A release marker does not open a closed gate ...
+        let b = blocked();
+        let mut s = sit(&b, &others);
+        s.action = Some("release");
+        assert!(matches!(decide(&s), Verdict::Hold(_)));
+        // ... unless the operator forces it.
+        s.toggle.force = true;
+        assert_eq!(decide(&s), Verdict::Pass { released: true });
+    }
+
+    #[test]
+    fn cancel_marker_is_honoured() {
+        let b = blocked();
+        let mut s = sit(&b, &[]);
+        s.is_switch = false;
+        s.old_has_record = true;
+        s.action = Some("cancel");
+        assert_eq!(decide(&s), Verdict::Cancel);
+    }
+}

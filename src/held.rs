@@ -1,0 +1,365 @@
+//! Which Calico objects of a cluster carry a held switch record, kept by
+//! watches on exactly those objects (the calico-node DaemonSet, the
+//! calico-config ConfigMap, every IPPool).
+//!
+//! The gate uses it so that the objects of one cluster are switched together
+//! or not at all; the release controller uses it to know what to release.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kube::core::DynamicObject;
+use serde::Serialize;
+
+use crate::hold::{INTENT_ANNOTATION, SINCE_ANNOTATION};
+use crate::overlay::CalicoKind;
+
+/// One Calico object, named.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectKey {
+    pub kind: CalicoKindName,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// `CalicoKind` with an order that is also the release order: ConfigMap,
+/// then IPPools, then the DaemonSet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum CalicoKindName {
+    ConfigMap,
+    IPPool,
+    DaemonSet,
+}
+
+impl From<CalicoKind> for CalicoKindName {
+    fn from(k: CalicoKind) -> Self {
+        match k {
+            CalicoKind::ConfigMap => Self::ConfigMap,
+            CalicoKind::IpPool => Self::IPPool,
+            CalicoKind::DaemonSet => Self::DaemonSet,
+        }
+    }
+}
+
+impl From<CalicoKindName> for CalicoKind {
+    fn from(k: CalicoKindName) -> Self {
+        match k {
+            CalicoKindName::ConfigMap => Self::ConfigMap,
+            CalicoKindName::IPPool => Self::IpPool,
+            CalicoKindName::DaemonSet => Self::DaemonSet,
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{:?} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{:?} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// What the registry keeps of a held object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldObject {
+    pub key: ObjectKey,
+    /// The `held-since` annotation as written.
+    pub since: Option<String>,
+}
+
+/// How long a hold this process answered counts before its watch confirms it.
+const LOCAL_HOLD_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct Part {
+    synced: bool,
+    held: BTreeMap<ObjectKey, HeldObject>,
+    relist: Option<BTreeMap<ObjectKey, HeldObject>>,
+}
+
+/// The held records of one cluster.
+#[derive(Debug)]
+pub struct HeldRegistry {
+    parts: [RwLock<Part>; 3],
+    /// Holds answered by this process but not yet seen by the watch: the
+    /// window between our answer and the watch event must not let a sibling
+    /// object switch alone.
+    local: Mutex<HashMap<ObjectKey, Instant>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for HeldRegistry {
+    fn default() -> Self {
+        Self {
+            parts: Default::default(),
+            local: Default::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl HeldRegistry {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    fn part(&self, kind: CalicoKindName) -> &RwLock<Part> {
+        &self.parts[kind as usize]
+    }
+
+    pub fn synced(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|p| p.read().expect("held lock").synced)
+    }
+
+    /// Every held object, in release order; `None` while unknown.
+    pub fn held(&self) -> Option<Vec<HeldObject>> {
+        if !self.synced() {
+            return None;
+        }
+        let mut all: BTreeMap<ObjectKey, HeldObject> = BTreeMap::new();
+        for p in &self.parts {
+            all.extend(p.read().expect("held lock").held.clone());
+        }
+        let now = Instant::now();
+        for (k, at) in self.local.lock().expect("held lock").iter() {
+            if now.duration_since(*at) < LOCAL_HOLD_TTL {
+                all.entry(k.clone()).or_insert_with(|| HeldObject {
+                    key: k.clone(),
+                    since: None,
+                });
+            }
+        }
+        Some(all.into_values().collect())
+    }
+
+    /// Held objects other than `key`, as names for messages; `None` while unknown.
+    pub fn others(&self, key: &ObjectKey) -> Option<Vec<String>> {
+        self.held().map(|v| {
+            v.into_iter()
+                .filter(|h| &h.key != key)
+                .map(|h| h.key.to_string())
+                .collect()
+        })
+    }
+
+    /// This process answered a (non-dry-run) hold for `key`.
+    pub fn note_local_hold(&self, key: ObjectKey) {
+        let mut local = self.local.lock().expect("held lock");
+        let now = Instant::now();
+        local.retain(|_, at| now.duration_since(*at) < LOCAL_HOLD_TTL);
+        local.insert(key, now);
+    }
+
+    /// This process answered a pass/cancel for `key`: forget a local hold.
+    pub fn forget_local_hold(&self, key: &ObjectKey) {
+        self.local.lock().expect("held lock").remove(key);
+    }
+
+    /// The store for one kind's watch.
+    pub fn store(self: &std::sync::Arc<Self>, kind: CalicoKind) -> KindStore {
+        KindStore {
+            registry: self.clone(),
+            kind: kind.into(),
+        }
+    }
+}
+
+fn held_entry(kind: CalicoKindName, obj: &DynamicObject) -> Option<(ObjectKey, HeldObject)> {
+    let annotations = obj.metadata.annotations.as_ref()?;
+    annotations.get(INTENT_ANNOTATION)?;
+    let key = ObjectKey {
+        kind,
+        namespace: obj.metadata.namespace.clone(),
+        name: obj.metadata.name.clone().unwrap_or_default(),
+    };
+    let since = annotations.get(SINCE_ANNOTATION).cloned();
+    Some((key.clone(), HeldObject { key, since }))
+}
+
+fn key_of(kind: CalicoKindName, obj: &DynamicObject) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: obj.metadata.namespace.clone(),
+        name: obj.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Feeds one kind of Calico object into the registry.
+pub struct KindStore {
+    registry: std::sync::Arc<HeldRegistry>,
+    kind: CalicoKindName,
+}
+
+impl KindStore {
+    fn with(&self, f: impl FnOnce(&mut Part)) {
+        f(&mut self.registry.part(self.kind).write().expect("held lock"));
+        self.registry.bump();
+    }
+}
+
+impl crate::watch::Store<DynamicObject> for KindStore {
+    fn relist_begin(&self) {
+        self.with(|p| {
+            p.synced = false;
+            p.relist = Some(BTreeMap::new());
+        });
+    }
+
+    fn relist_apply(&self, obj: DynamicObject) {
+        if let Some((k, h)) = held_entry(self.kind, &obj) {
+            let mut p = self.registry.part(self.kind).write().expect("held lock");
+            p.relist.get_or_insert_with(BTreeMap::new).insert(k, h);
+        }
+    }
+
+    fn relist_done(&self) {
+        self.with(|p| {
+            p.held = p.relist.take().unwrap_or_default();
+            p.synced = true;
+        });
+    }
+
+    fn apply(&self, obj: DynamicObject) {
+        let key = key_of(self.kind, &obj);
+        self.registry.forget_local_hold(&key);
+        self.with(|p| match held_entry(self.kind, &obj) {
+            Some((k, h)) => {
+                p.held.insert(k, h);
+            }
+            None => {
+                p.held.remove(&key);
+            }
+        });
+    }
+
+    fn delete(&self, obj: DynamicObject) {
+        let key = key_of(self.kind, &obj);
+        self.registry.forget_local_hold(&key);
+        self.with(|p| {
+            p.held.remove(&key);
+        });
+    }
+
+    fn lost(&self) {
+        self.with(|p| {
+            p.synced = false;
+            p.relist = None;
+        });
+    }
+
+    /// No IPPool CRD: there are no IPPools, so none is held.
+    fn absent(&self) {
+        self.with(|p| {
+            p.synced = true;
+            p.held.clear();
+            p.relist = None;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::Store as _;
+    use std::sync::Arc;
+
+    fn obj(ns: Option<&str>, name: &str, held: bool) -> DynamicObject {
+        let mut o: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "X", "metadata": {"name": name}
+        }))
+        .unwrap();
+        o.metadata.namespace = ns.map(String::from);
+        if held {
+            o.metadata.annotations =
+                Some([(INTENT_ANNOTATION.to_string(), "[]".to_string())].into());
+        }
+        o
+    }
+
+    fn sync_all(r: &Arc<HeldRegistry>) {
+        for k in [
+            CalicoKind::ConfigMap,
+            CalicoKind::IpPool,
+            CalicoKind::DaemonSet,
+        ] {
+            let s = r.store(k);
+            s.relist_begin();
+            s.relist_done();
+        }
+    }
+
+    #[test]
+    fn unknown_until_every_kind_synced_and_absent_crd_counts_as_synced() {
+        let r = Arc::new(HeldRegistry::default());
+        assert!(r.held().is_none());
+        r.store(CalicoKind::ConfigMap).relist_begin();
+        r.store(CalicoKind::ConfigMap).relist_done();
+        r.store(CalicoKind::DaemonSet).relist_begin();
+        r.store(CalicoKind::DaemonSet).relist_done();
+        assert!(r.held().is_none());
+        r.store(CalicoKind::IpPool).absent();
+        assert_eq!(r.held(), Some(vec![]));
+    }
+
+    #[test]
+    fn tracks_records_in_release_order() {
+        let r = Arc::new(HeldRegistry::default());
+        sync_all(&r);
+        r.store(CalicoKind::DaemonSet)
+            .apply(obj(Some("kube-system"), "calico-node", true));
+        r.store(CalicoKind::IpPool)
+            .apply(obj(None, "default-ipv4-ippool", true));
+        r.store(CalicoKind::ConfigMap)
+            .apply(obj(Some("kube-system"), "calico-config", true));
+        let names: Vec<String> = r
+            .held()
+            .unwrap()
+            .iter()
+            .map(|h| h.key.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "ConfigMap kube-system/calico-config",
+                "IPPool default-ipv4-ippool",
+                "DaemonSet kube-system/calico-node"
+            ]
+        );
+        r.store(CalicoKind::IpPool)
+            .apply(obj(None, "default-ipv4-ippool", false));
+        let ds = key_of(
+            CalicoKindName::DaemonSet,
+            &obj(Some("kube-system"), "calico-node", true),
+        );
+        assert_eq!(
+            r.others(&ds).unwrap(),
+            vec!["ConfigMap kube-system/calico-config"]
+        );
+    }
+
+    #[test]
+    fn a_local_hold_counts_until_the_watch_sees_the_object() {
+        let r = Arc::new(HeldRegistry::default());
+        sync_all(&r);
+        let cm = key_of(
+            CalicoKindName::ConfigMap,
+            &obj(Some("kube-system"), "calico-config", true),
+        );
+        r.note_local_hold(cm.clone());
+        assert_eq!(r.held().unwrap().len(), 1);
+        // The watch shows the object without a record (e.g. the update failed later).
+        r.store(CalicoKind::ConfigMap)
+            .apply(obj(Some("kube-system"), "calico-config", false));
+        assert_eq!(r.held().unwrap().len(), 0);
+    }
+}

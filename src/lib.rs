@@ -1,0 +1,27 @@
+//! overlay-switch-webhook: holds Calico's switch from an overlay (IPIP/VXLAN)
+//! to native routing until every node has its cloud route.
+//!
+//! Data flows one way:
+//! request -> [`admission`] decode -> [`overlay`] reading (pure) ->
+//! [`gate`] (route state + toggle, pure) -> [`hold`] patch (pure) -> response,
+//! composed in [`webhook`]. I/O lives at the edges: [`server`] and [`serve`],
+//! the watches ([`watch`] feeding [`routes`], [`toggle`], [`held`]).
+
+pub mod admission;
+pub mod certs;
+pub mod cluster;
+pub mod gate;
+pub mod held;
+pub mod hold;
+pub mod metrics;
+pub mod overlay;
+pub mod release;
+pub mod routes;
+pub mod serve;
+pub mod server;
+pub mod status;
+pub mod tls;
+pub mod toggle;
+pub mod watch;
+pub mod webhook;
+pub mod webhook_config;

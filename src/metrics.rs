@@ -1,0 +1,188 @@
+//! Prometheus metrics, served as text on the plain-HTTP admin port.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// What the webhook answered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Decision {
+    /// Admitted unchanged (or with only the record kept).
+    Allowed,
+    /// Admitted with the hold patch.
+    Held,
+    /// The request could not be judged (malformed, bad value): refused.
+    Error,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Held => "held",
+            Decision::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// Kind of the reviewed object (DaemonSet, ConfigMap, IPPool, or "unknown").
+    pub kind: String,
+    pub decision: Decision,
+    /// "true" for server-side dry-run requests.
+    pub dry_run: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50µs .. ~1.6s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn release_histogram() -> Histogram {
+    // 10ms .. ~5.5min
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+/// All metrics of the process. Cheap to clone (handles are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    pub reviews: Family<ReviewLabels, Counter>,
+    pub admission_seconds: Family<KindLabels, Histogram, fn() -> Histogram>,
+    pub nodes: Gauge,
+    pub nodes_with_route: Gauge,
+    pub guard_enabled: Gauge,
+    pub cache_synced: Gauge,
+    pub held_objects: Gauge,
+    pub releases: Family<KindLabels, Counter>,
+    pub release_conflicts: Family<KindLabels, Counter>,
+    pub release_delay_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            reviews: Family::default(),
+            admission_seconds: Family::new_with_constructor(latency_histogram),
+            nodes: Gauge::default(),
+            nodes_with_route: Gauge::default(),
+            guard_enabled: Gauge::default(),
+            cache_synced: Gauge::default(),
+            held_objects: Gauge::default(),
+            releases: Family::default(),
+            release_conflicts: Family::default(),
+            release_delay_seconds: release_histogram(),
+        };
+        let r = registry.sub_registry_with_prefix("overlay_switch");
+        r.register(
+            "admission_reviews",
+            "Admission reviews answered, by object kind, decision and dry run",
+            m.reviews.clone(),
+        );
+        r.register(
+            "admission_duration_seconds",
+            "Time to answer one admission review, from decoded body to encoded response",
+            m.admission_seconds.clone(),
+        );
+        r.register("nodes", "Nodes known to the route cache", m.nodes.clone());
+        r.register(
+            "nodes_with_route",
+            "Nodes whose NetworkUnavailable condition is False with the required reason",
+            m.nodes_with_route.clone(),
+        );
+        r.register(
+            "guard_enabled",
+            "1 when the per-cluster toggle annotation turns the guard on",
+            m.guard_enabled.clone(),
+        );
+        r.register(
+            "cache_synced",
+            "1 when the node and namespace watches have synced (route state known)",
+            m.cache_synced.clone(),
+        );
+        r.register(
+            "held_objects",
+            "Calico objects that carry a held switch record",
+            m.held_objects.clone(),
+        );
+        r.register(
+            "releases",
+            "Held switches applied by the release controller",
+            m.releases.clone(),
+        );
+        r.register(
+            "release_conflicts",
+            "Held switches whose recorded change no longer applies",
+            m.release_conflicts.clone(),
+        );
+        r.register(
+            "release_delay_seconds",
+            "Time from the gate opening to a held switch being applied",
+            m.release_delay_seconds.clone(),
+        );
+        m
+    }
+
+    pub fn review(&self, kind: &str, decision: Decision, dry_run: bool, seconds: f64) {
+        self.reviews
+            .get_or_create(&ReviewLabels {
+                kind: kind.to_string(),
+                decision,
+                dry_run: dry_run.to_string(),
+            })
+            .inc();
+        self.admission_seconds
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .observe(seconds);
+    }
+}
+
+/// A registry and its metrics, for the server.
+pub fn registry() -> (Registry, Metrics) {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    (registry, metrics)
+}
+
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reviews_are_counted_by_kind_decision_and_dry_run() {
+        let (registry, m) = registry();
+        m.review("DaemonSet", Decision::Held, true, 0.001);
+        m.review("DaemonSet", Decision::Held, true, 0.001);
+        m.review("IPPool", Decision::Allowed, false, 0.001);
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                r#"overlay_switch_admission_reviews_total{kind="DaemonSet",decision="Held",dry_run="true"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"decision="Allowed",dry_run="false"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("overlay_switch_admission_duration_seconds_count{kind=\"IPPool\"} 1")
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! The release controller: once the gate opens (or an operator forces it),
+//! applies every held intent of the cluster, in an order safe for Calico:
+//! ConfigMap, then IPPools, then the DaemonSet. An operator's cancel removes
+//! every record instead.
+//!
+//! Each write is an update carrying the object's resourceVersion, so it never
+//! overwrites a newer change: on conflict it re-reads and decides again. Two
+//! replicas may run it at once: one write wins, the other sees a conflict,
+//! re-reads, finds no record, and does nothing. No leader election is needed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource as _};
+use serde_json::Value;
+
+use crate::cluster::{Cluster, configmap_resource, daemonset_resource, ippool_resource};
+use crate::gate::{self, Gate};
+use crate::held::{CalicoKindName, HeldObject, ObjectKey};
+use crate::hold::{self, Record};
+use crate::metrics::{KindLabels, Metrics};
+use crate::toggle::{CANCEL_ANNOTATION, FORCE_ANNOTATION};
+
+/// How many times one object is re-read after a write conflict, per pass.
+const CONFLICT_RETRIES: usize = 5;
+/// The same Held event for the same object is not repeated within this time.
+pub const HELD_EVENT_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+pub fn resource(kind: CalicoKindName) -> ApiResource {
+    match kind {
+        CalicoKindName::ConfigMap => configmap_resource(),
+        CalicoKindName::IPPool => ippool_resource(),
+        CalicoKindName::DaemonSet => daemonset_resource(),
+    }
+}
+
+pub fn api(client: &Client, key: &ObjectKey) -> Api<DynamicObject> {
+    let ar = resource(key.kind);
+    match &key.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// The reference an Event needs to show in `kubectl describe` (which
+/// matches on the object's uid too).
+pub fn reference(key: &ObjectKey, uid: Option<String>) -> ObjectReference {
+    let ar = resource(key.kind);
+    ObjectReference {
+        api_version: Some(ar.api_version.clone()),
+        kind: Some(ar.kind.clone()),
+        name: Some(key.name.clone()),
+        namespace: key.namespace.clone(),
+        uid,
+        ..Default::default()
+    }
+}
+
+/// When, and with which note, each (object, reason) was last published.
+type LastPublished = HashMap<(ObjectKey, String), (Instant, String)>;
+
+/// Events on Calico objects, rate-limited per object and reason.
+#[derive(Clone)]
+pub struct Events {
+    recorder: Recorder,
+    last: Arc<Mutex<LastPublished>>,
+}
+
+impl Events {
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        Self {
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: "overlay-switch-webhook".into(),
+                    instance,
+                },
+            ),
+            last: Default::default(),
+        }
+    }
+
+    /// Publishes unless the same reason for the same object was published
+    /// within `interval` with the same note (a re-applying reconciler).
+    pub async fn publish(
+        &self,
+        key: &ObjectKey,
+        uid: Option<String>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        interval: Duration,
+    ) {
+        {
+            let mut last = self.last.lock().expect("events lock");
+            let k = (key.clone(), reason.to_string());
+            if let Some((at, prev)) = last.get(&k)
+                && at.elapsed() < interval
+                && *prev == note
+            {
+                return;
+            }
+            last.insert(k, (Instant::now(), note.clone()));
+        }
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "OverlaySwitch".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&ev, &reference(key, uid)).await {
+            tracing::warn!(%error, object = %key, reason, "cannot publish event");
+        }
+    }
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub released: Vec<String>,
+    pub cancelled: Vec<String>,
+    pub conflicts: Vec<String>,
+}
+
+pub struct Releaser {
+    pub cluster: Arc<Cluster>,
+    pub client: Client,
+    pub metrics: Metrics,
+    pub events: Events,
+}
+
+enum Action {
+    Release,
+    Cancel,
+}
+
+impl Releaser {
+    /// Runs until the task is dropped: wakes on every change of routes,
+    /// toggle or held records, and when the settle time runs out.
+    pub async fn run(self) {
+        let mut routes = self.cluster.routes.subscribe();
+        let mut toggle = self.cluster.toggle.subscribe();
+        let mut held = self.cluster.held.subscribe();
+        let mut retry = Duration::from_millis(500);
+        loop {
+            let wait = match self.pass().await {
+                Ok(report) => {
+                    retry = Duration::from_millis(500);
+                    if !report.conflicts.is_empty() {
+                        // A conflict stays until someone changes the object.
+                        None
+                    } else {
+                        self.next_wake()
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?retry, "release pass failed");
+                    let r = retry;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                    Some(r)
+                }
+            };
+            let sleep = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = routes.changed() => {}
+                _ = toggle.changed() => {}
+                _ = held.changed() => {}
+                () = sleep => {}
+            }
+        }
+    }
+
+    /// When the gate will open by settle time alone, if that is what it waits for.
+    fn next_wake(&self) -> Option<Duration> {
+        let s = self.cluster.routes.snapshot(0);
+        gate::opens_in(&s, self.cluster.settings.settle, Timestamp::now())
+            .filter(|d| !d.is_zero())
+            .map(|d| d + Duration::from_millis(5))
+    }
+
+    /// One look at the cluster: cancel, release, or nothing.
+    pub async fn pass(&self) -> Result<PassReport, kube::Error> {
+        let mut report = PassReport::default();
+        let toggle = self.cluster.toggle.get();
+        let Some(held) = self.cluster.held.held() else {
+            return Ok(report); // records unknown: do nothing on a guess
+        };
+        if !toggle.synced {
+            return Ok(report);
+        }
+        if toggle.cancel {
+            for h in &held {
+                self.handle(h, &Action::Cancel, None, &mut report).await?;
+            }
+            tracing::info!(cancelled = ?report.cancelled, "overlay switch cancel honoured");
+            self.clear_namespace_annotation(CANCEL_ANNOTATION).await?;
+            return Ok(report);
+        }
+        if held.is_empty() {
+            if toggle.force {
+                // Nothing to force: honour it once anyway, so it does not linger.
+                self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
+            }
+            return Ok(report);
+        }
+        let routes = self
+            .cluster
+            .routes
+            .snapshot(self.cluster.settings.max_named_nodes);
+        let now = Timestamp::now();
+        let gate = gate::routes_gate(&routes, self.cluster.settings.settle, now);
+        let opened_at = routes
+            .all_routed_since
+            .map(|s| s + self.cluster.settings.settle);
+        match (&gate, toggle.force) {
+            (Gate::Open, _) => {}
+            (Gate::Closed(why), true) => {
+                tracing::warn!(blocking = %why, "overlay switch release forced by the operator");
+            }
+            (Gate::Closed(_), false) => return Ok(report),
+        }
+        for h in &held {
+            self.handle(
+                h,
+                &Action::Release,
+                opened_at.filter(|_| gate.is_open()),
+                &mut report,
+            )
+            .await?;
+        }
+        if toggle.force && report.conflicts.is_empty() {
+            self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
+        }
+        if !report.released.is_empty() {
+            tracing::info!(released = ?report.released, forced = toggle.force && !gate.is_open(), "held overlay switches released");
+        }
+        Ok(report)
+    }
+
+    async fn handle(
+        &self,
+        h: &HeldObject,
+        action: &Action,
+        opened_at: Option<Timestamp>,
+        report: &mut PassReport,
+    ) -> Result<(), kube::Error> {
+        let api = api(&self.client, &h.key);
+        let kind = format!("{:?}", h.key.kind);
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(current) = api.get_opt(&h.key.name).await? else {
+                return Ok(()); // gone
+            };
+            let value = serde_json::to_value(&current).expect("object encodes");
+            let record = match Record::read(&value) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()), // released or cancelled meanwhile
+                Err(e) => {
+                    self.conflict(
+                        h,
+                        &current,
+                        &kind,
+                        format!("the held record is damaged: {e}"),
+                    )
+                    .await;
+                    report.conflicts.push(h.key.to_string());
+                    return Ok(());
+                }
+            };
+            let next: Value = match action {
+                Action::Cancel => hold::cancelled(&value, "cancel"),
+                Action::Release => match hold::released(&value, &record, "release") {
+                    Ok(v) => v,
+                    Err(c) => {
+                        self.conflict(h, &current, &kind, c.to_string()).await;
+                        report.conflicts.push(h.key.to_string());
+                        return Ok(());
+                    }
+                },
+            };
+            let next: DynamicObject = serde_json::from_value(next).expect("object decodes");
+            match api
+                .replace(&h.key.name, &PostParams::default(), &next)
+                .await
+            {
+                Ok(written) => {
+                    let written_value = serde_json::to_value(&written).expect("object encodes");
+                    if Record::read(&written_value).ok().flatten().is_some() {
+                        // The webhook held it again (its gate closed meanwhile).
+                        tracing::info!(object = %h.key, "release was held again by the webhook; waiting");
+                        return Ok(());
+                    }
+                    let held_for = Timestamp::now().duration_since(record.since);
+                    match action {
+                        Action::Release => {
+                            self.metrics
+                                .releases
+                                .get_or_create(&KindLabels { kind: kind.clone() })
+                                .inc();
+                            if let Some(opened) = opened_at {
+                                let delay = Timestamp::now()
+                                    .duration_since(opened)
+                                    .as_secs_f64()
+                                    .max(0.0);
+                                self.metrics.release_delay_seconds.observe(delay);
+                            }
+                            self.events
+                                .publish(
+                                    &h.key,
+                                    written.metadata.uid.clone(),
+                                    EventType::Normal,
+                                    "OverlaySwitchReleased",
+                                    format!(
+                                        "held overlay switch applied after {}s",
+                                        held_for.as_secs().max(0)
+                                    ),
+                                    Duration::ZERO,
+                                )
+                                .await;
+                            report.released.push(h.key.to_string());
+                        }
+                        Action::Cancel => {
+                            self.events
+                                .publish(&h.key, written.metadata.uid.clone(), EventType::Normal, "OverlaySwitchCancelled",
+                                    format!("held overlay switch cancelled by the operator after {}s; the overlay configuration stays", held_for.as_secs().max(0)),
+                                    Duration::ZERO)
+                                .await;
+                            report.cancelled.push(h.key.to_string());
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    tracing::debug!(object = %h.key, "write conflict; reading again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn conflict(&self, h: &HeldObject, obj: &DynamicObject, kind: &str, why: String) {
+        tracing::warn!(object = %h.key, conflict = %why, "held overlay switch cannot be released; still holding");
+        self.metrics
+            .release_conflicts
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+        self.events
+            .publish(&h.key, obj.metadata.uid.clone(), EventType::Warning, "OverlaySwitchConflict",
+                format!("{why}; the switch stays held: re-apply the desired configuration, or cancel with the {CANCEL_ANNOTATION} annotation"),
+                HELD_EVENT_INTERVAL)
+            .await;
+    }
+
+    /// Removes a once-only annotation from the toggle namespace; a `test` op
+    /// makes a second replica's removal fail harmlessly.
+    async fn clear_namespace_annotation(&self, key: &str) -> Result<(), kube::Error> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let path = format!(
+            "/metadata/annotations/{}",
+            key.replace('~', "~0").replace('/', "~1")
+        );
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "test", "path": path, "value": "true"},
+            {"op": "remove", "path": path},
+        ]))
+        .expect("static patch");
+        match api
+            .patch(
+                self.cluster.toggle.namespace(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+        {
+            Ok(ns) => {
+                tracing::info!(annotation = key, namespace = %ns.meta().name.clone().unwrap_or_default(), "once-only annotation honoured and removed");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 || s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

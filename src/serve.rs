@@ -1,0 +1,248 @@
+//! `overlay-switch-webhook serve`: wires the cluster's watches, the webhook
+//! and the admin servers together, and shuts them down cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::cluster::{Cluster, Settings};
+use crate::release::{Events, HELD_EVENT_INTERVAL, Releaser};
+use crate::server::{self, AppState};
+use crate::tls::CertFiles;
+use crate::webhook::{Outcome, Webhook};
+use kube::runtime::events::EventType;
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the webhook (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:9443", env = "OSW_LISTEN_ADDR")]
+    pub listen_addr: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "OSW_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Serving certificate (PEM; a chain is accepted, leaf first).
+    #[arg(long, env = "OSW_TLS_CERT_FILE")]
+    pub tls_cert_file: PathBuf,
+    /// Private key of the serving certificate (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "OSW_TLS_KEY_FILE")]
+    pub tls_key_file: PathBuf,
+    /// How often the certificate files are checked for rotation.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Kubeconfig of the guarded cluster (default: in-cluster config, or $KUBECONFIG).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of calico-node and calico-config; its annotation toggles the guard.
+    #[arg(long, default_value = "kube-system")]
+    pub calico_namespace: String,
+    /// Name of Calico's node DaemonSet.
+    #[arg(long, default_value = "calico-node")]
+    pub daemonset_name: String,
+    /// Name of Calico's ConfigMap.
+    #[arg(long, default_value = "calico-config")]
+    pub configmap_name: String,
+    /// Reason of `NetworkUnavailable=False` that means the node's route exists.
+    #[arg(long, default_value = crate::routes::DEFAULT_REASON)]
+    pub required_route_reason: String,
+    /// How long every node must have had its route before a switch passes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle_time: Duration,
+    /// Release held switches by itself once the gate opens (and honour the
+    /// cancel/force annotations). `--release=false` leaves holds to the
+    /// operator's next apply.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub release: bool,
+    /// Name of this replica, for events (the Deployment sets it from the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// After SIGTERM: how long to keep serving while not ready (so endpoints
+    /// drop this pod first), then how long open connections may drain.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            calico_namespace: self.calico_namespace.clone(),
+            daemonset_name: self.daemonset_name.clone(),
+            configmap_name: self.configmap_name.clone(),
+            required_reason: self.required_route_reason.clone(),
+            settle: self.settle_time,
+            ..Settings::default()
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
+        .context("loading the serving certificate")?;
+    let tls = Arc::new(certs.server_config()?);
+    let client = client(args.kubeconfig.as_deref()).await?;
+
+    let (registry, metrics) = crate::metrics::registry();
+    let cluster = Cluster::new(args.settings());
+    let mut tasks = tokio::task::JoinSet::new();
+    cluster.spawn_watches(&client, &mut tasks);
+    tasks.spawn(certs.clone().watch(args.tls_reload_interval));
+
+    let events = Events::new(client.clone(), args.pod_name.clone());
+    if args.release {
+        tasks.spawn(
+            Releaser {
+                cluster: cluster.clone(),
+                client: client.clone(),
+                metrics: metrics.clone(),
+                events: events.clone(),
+            }
+            .run(),
+        );
+    }
+    let on_outcome: server::OutcomeHook = Arc::new(move |o: &Outcome| {
+        if o.verdict != "held" {
+            return;
+        }
+        let (Some(key), Some(note)) = (o.key.clone(), o.message.clone()) else {
+            return;
+        };
+        let (events, uid) = (events.clone(), o.object_uid.clone());
+        tokio::spawn(async move {
+            events
+                .publish(
+                    &key,
+                    uid,
+                    EventType::Normal,
+                    "OverlaySwitchHeld",
+                    note,
+                    HELD_EVENT_INTERVAL,
+                )
+                .await;
+        });
+    });
+
+    let state = Arc::new(AppState {
+        webhook: Webhook {
+            cluster: cluster.clone(),
+            metrics: metrics.clone(),
+        },
+        registry,
+        tls_loaded: AtomicBool::new(true),
+        shutting_down: AtomicBool::new(false),
+        on_outcome: Some(on_outcome),
+    });
+
+    let listener = TcpListener::bind(args.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", args.listen_addr))?;
+    let admin = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(
+        webhook = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        namespace = %args.calico_namespace,
+        settle = ?args.settle_time,
+        "serving"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let mut rx = stop_rx.clone();
+        let router = server::admin_router(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(admin, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
+    let webhook_task = {
+        let mut rx = stop_rx.clone();
+        let router = server::webhook_router(state.clone());
+        let drain = args.shutdown_drain;
+        tokio::spawn(async move {
+            server::serve_tls(
+                listener,
+                tls,
+                router,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+                drain,
+            )
+            .await;
+        })
+    };
+
+    server::shutdown_signal().await;
+    // Not ready first, so that the Service stops sending reviews here, while
+    // reviews already on their way are still answered.
+    state.shutting_down.store(true, Ordering::Relaxed);
+    tokio::time::sleep(args.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    let _ = webhook_task.await;
+    let _ = admin_task.await;
+    tasks.abort_all();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

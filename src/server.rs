@@ -1,0 +1,239 @@
+//! The servers: the webhook over TLS (rustls) and the plain-HTTP admin port
+//! (`/healthz`, `/readyz`, `/metrics`), with clean shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission::{self, MAX_BODY_BYTES};
+use crate::metrics::Metrics;
+use crate::webhook::{Outcome, Webhook};
+
+/// Called with every outcome that is not a dry run (events, release hints).
+pub type OutcomeHook = Arc<dyn Fn(&Outcome) + Send + Sync>;
+
+pub struct AppState {
+    pub webhook: Webhook,
+    pub registry: Registry,
+    pub tls_loaded: AtomicBool,
+    pub shutting_down: AtomicBool,
+    pub on_outcome: Option<OutcomeHook>,
+}
+
+impl AppState {
+    pub fn ready(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if !self.tls_loaded.load(Ordering::Relaxed) {
+            return Err("TLS config not loaded".into());
+        }
+        let c = &self.webhook.cluster;
+        let mut missing = vec![];
+        if !c.routes.snapshot(0).synced {
+            missing.push("node watch");
+        }
+        if !c.toggle.get().synced {
+            missing.push("namespace watch");
+        }
+        if !c.held.synced() {
+            missing.push("Calico object watches");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not synced: {}", missing.join(", ")))
+        }
+    }
+
+    fn update_gauges(&self, m: &Metrics) {
+        let c = &self.webhook.cluster;
+        let s = c.routes.snapshot(0);
+        m.nodes.set(s.total as i64);
+        m.nodes_with_route.set(s.with_route as i64);
+        m.cache_synced
+            .set(i64::from(s.synced && c.toggle.get().synced));
+        m.guard_enabled.set(i64::from(c.toggle.get().guard));
+        m.held_objects
+            .set(c.held.held().map(|h| h.len() as i64).unwrap_or(0));
+    }
+}
+
+fn bad_request(message: &str) -> Response {
+    let body = admission::encode(admission::error_response(None, message));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        tracing::warn!(content_type, "review refused: wrong content type");
+        return bad_request(&format!(
+            "content type must be application/json, got {content_type:?}"
+        ));
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "review refused: body unreadable or over the limit");
+            return bad_request(&format!(
+                "cannot read the request body (limit {MAX_BODY_BYTES} bytes): {e}"
+            ));
+        }
+    };
+    let (body, outcome) = state.webhook.review(&bytes);
+    let elapsed = started.elapsed();
+    tracing::info!(
+        uid = %outcome.uid,
+        kind = %outcome.kind,
+        object = %outcome.object,
+        operation = outcome.operation,
+        dry_run = outcome.dry_run,
+        decision = outcome.decision.as_str(),
+        verdict = outcome.verdict,
+        message = outcome.message.as_deref().unwrap_or(""),
+        duration_us = elapsed.as_micros() as u64,
+        "admission review"
+    );
+    if !outcome.dry_run
+        && let Some(hook) = &state.on_outcome
+    {
+        hook(&outcome);
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.ready() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.update_gauges(&state.webhook.metrics);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::encode(&state.registry),
+    )
+        .into_response()
+}
+
+pub fn webhook_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .with_state(state)
+}
+
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// How long a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, then
+/// stops accepting and lets open connections finish for up to `drain`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(error) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("webhook connections drained"),
+        () = tokio::time::sleep(drain) => tracing::warn!("drain time over; closing open connections"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

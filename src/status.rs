@@ -1,0 +1,283 @@
+//! `overlay-switch-webhook status`: what the guard sees for a cluster, read
+//! once with a kubeconfig. Exit code 0: nothing held; 1: a switch is held;
+//! 2: error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, ListParams};
+use serde::Serialize;
+
+use crate::cluster::{Settings, ippool_resource};
+use crate::gate::{self, Gate};
+use crate::held::{CalicoKindName, ObjectKey};
+use crate::hold::{self, Record};
+use crate::release::api;
+use crate::routes::{NodeRoute, RouteCache};
+use crate::toggle::Toggle;
+use crate::watch::Store as _;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "kube-system")]
+    pub calico_namespace: String,
+    #[arg(long, default_value = "calico-node")]
+    pub daemonset_name: String,
+    #[arg(long, default_value = "calico-config")]
+    pub configmap_name: String,
+    #[arg(long, default_value = crate::routes::DEFAULT_REASON)]
+    pub required_route_reason: String,
+    #[arg(long, default_value = "10s", value_parser = crate::serve::parse_duration)]
+    pub settle_time: Duration,
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub guard: bool,
+    pub cancel_requested: bool,
+    pub force_requested: bool,
+    pub nodes_total: usize,
+    pub nodes_with_route: usize,
+    pub nodes: Vec<NodeStatus>,
+    pub gate_open: bool,
+    pub gate_reason: Option<String>,
+    pub held: Vec<HeldStatus>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    pub route: bool,
+    pub why: Option<String>,
+    pub since: Option<String>,
+    pub deleting: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldStatus {
+    pub object: String,
+    pub since: Option<String>,
+    pub reason: String,
+    /// Why the recorded change no longer applies, if it does not.
+    pub conflict: Option<String>,
+}
+
+pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Result<Status> {
+    let ns = Api::<Namespace>::all(client.clone())
+        .get_opt(&settings.calico_namespace)
+        .await?;
+    let toggle = ns
+        .map(|n| Toggle::from_annotations(n.metadata.annotations.as_ref()))
+        .unwrap_or(Toggle {
+            synced: true,
+            ..Default::default()
+        });
+
+    let cache = RouteCache::new(settings.required_reason.clone());
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    cache.relist_begin();
+    for n in nodes.items {
+        cache.relist_apply(n);
+    }
+    cache.relist_done();
+    let snapshot = cache.snapshot(settings.max_named_nodes);
+    let gate = gate::routes_gate(&snapshot, settings.settle, Timestamp::now());
+
+    let mut objects: Vec<(ObjectKey, DynamicObject)> = Vec::new();
+    for (kind, name) in [
+        (CalicoKindName::ConfigMap, &settings.configmap_name),
+        (CalicoKindName::DaemonSet, &settings.daemonset_name),
+    ] {
+        let key = ObjectKey {
+            kind,
+            namespace: Some(settings.calico_namespace.clone()),
+            name: name.clone(),
+        };
+        if let Some(o) = api(client, &key).get_opt(name).await? {
+            objects.push((key, o));
+        }
+    }
+    match Api::<DynamicObject>::all_with(client.clone(), &ippool_resource())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => {
+            for o in list.items {
+                let key = ObjectKey {
+                    kind: CalicoKindName::IPPool,
+                    namespace: None,
+                    name: o.metadata.name.clone().unwrap_or_default(),
+                };
+                objects.push((key, o));
+            }
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => {} // no IPPool CRD
+        Err(e) => return Err(e.into()),
+    }
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut held = Vec::new();
+    for (key, obj) in objects {
+        let value = serde_json::to_value(&obj)?;
+        match Record::read(&value) {
+            Ok(None) => {}
+            Ok(Some(r)) => held.push(HeldStatus {
+                object: key.to_string(),
+                since: Some(hold::format_time(r.since)),
+                reason: r.reason.clone(),
+                conflict: hold::released(&value, &r, "release")
+                    .err()
+                    .map(|c| c.to_string()),
+            }),
+            Err(e) => held.push(HeldStatus {
+                object: key.to_string(),
+                since: None,
+                reason: String::new(),
+                conflict: Some(e.to_string()),
+            }),
+        }
+    }
+
+    Ok(Status {
+        guard: toggle.guard,
+        cancel_requested: toggle.cancel,
+        force_requested: toggle.force,
+        nodes_total: snapshot.total,
+        nodes_with_route: snapshot.with_route,
+        nodes: cache
+            .nodes()
+            .into_iter()
+            .map(|(name, r)| node_status(name, r))
+            .collect(),
+        gate_open: gate.is_open(),
+        gate_reason: match gate {
+            Gate::Open => None,
+            Gate::Closed(w) => Some(w),
+        },
+        held,
+    })
+}
+
+fn node_status(name: String, r: NodeRoute) -> NodeStatus {
+    match r.route {
+        Ok(since) => NodeStatus {
+            name,
+            route: true,
+            why: None,
+            since: Some(hold::format_time(since)),
+            deleting: r.deleting,
+        },
+        Err(b) => NodeStatus {
+            name,
+            route: false,
+            why: Some(b.to_string()),
+            since: None,
+            deleting: r.deleting,
+        },
+    }
+}
+
+pub fn render_text(s: &Status) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("guard:  {}\n", if s.guard { "on" } else { "off" }));
+    if s.cancel_requested {
+        out.push_str("cancel: requested (not yet honoured)\n");
+    }
+    if s.force_requested {
+        out.push_str("force:  requested (not yet honoured)\n");
+    }
+    out.push_str(&format!(
+        "gate:   {}\n",
+        match &s.gate_reason {
+            None => "open".to_string(),
+            Some(w) => format!("closed: {w}"),
+        }
+    ));
+    out.push_str(&format!(
+        "nodes:  {} of {} with route\n\n",
+        s.nodes_with_route, s.nodes_total
+    ));
+    let w = s
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    out.push_str(&format!(
+        "{:<w$}  {:<5}  {:<40}  {}\n",
+        "NODE", "ROUTE", "CONDITION", "SINCE"
+    ));
+    for n in &s.nodes {
+        let cond = n
+            .why
+            .clone()
+            .unwrap_or_else(|| "NetworkUnavailable=False (RouteCreated)".into());
+        let cond = if n.deleting {
+            format!("{cond}, deleting")
+        } else {
+            cond
+        };
+        out.push_str(&format!(
+            "{:<w$}  {:<5}  {:<40}  {}\n",
+            n.name,
+            if n.route { "yes" } else { "no" },
+            cond,
+            n.since.as_deref().unwrap_or("-")
+        ));
+    }
+    out.push('\n');
+    if s.held.is_empty() {
+        out.push_str("held:   nothing\n");
+    } else {
+        out.push_str("held:\n");
+        for h in &s.held {
+            out.push_str(&format!(
+                "  {}  since {}  ({})\n",
+                h.object,
+                h.since.as_deref().unwrap_or("?"),
+                h.reason
+            ));
+            if let Some(c) = &h.conflict {
+                out.push_str(&format!("    CONFLICT: {c}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
+    let client = crate::serve::client(args.kubeconfig.as_deref()).await?;
+    let settings = Settings {
+        calico_namespace: args.calico_namespace,
+        daemonset_name: args.daemonset_name,
+        configmap_name: args.configmap_name,
+        required_reason: args.required_route_reason,
+        settle: args.settle_time,
+        ..Settings::default()
+    };
+    let status = collect(&client, &settings).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Text => print!("{}", render_text(&status)),
+    }
+    Ok(if status.held.is_empty() { 0 } else { 1 })
+}

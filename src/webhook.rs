@@ -1,0 +1,239 @@
+//! The admission pipeline of one cluster:
+//! decode -> Calico object? -> overlay reading -> gate -> response.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::core::admission::{AdmissionResponse, Operation};
+
+use crate::admission::{self, Review};
+use crate::cluster::Cluster;
+use crate::gate::{self, Situation, Verdict};
+use crate::held::ObjectKey;
+use crate::hold::{self, Record};
+use crate::metrics::{Decision, Metrics};
+use crate::overlay::{self, CalicoKind};
+use crate::toggle::CANCEL_ANNOTATION;
+
+/// What happened to one review, for the log line, metrics and events.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub uid: String,
+    pub kind: String,
+    pub object: String,
+    pub operation: &'static str,
+    pub dry_run: bool,
+    pub decision: Decision,
+    pub verdict: &'static str,
+    /// Why, when held or refused.
+    pub message: Option<String>,
+    pub calico: Option<CalicoKind>,
+    /// The Calico object, and its uid, for events.
+    pub key: Option<ObjectKey>,
+    pub object_uid: Option<String>,
+}
+
+pub struct Webhook {
+    pub cluster: Arc<Cluster>,
+    pub metrics: Metrics,
+}
+
+impl Webhook {
+    /// Answers one review body; always returns a response body.
+    pub fn review(&self, body: &[u8]) -> (Vec<u8>, Outcome) {
+        let started = Instant::now();
+        let (resp, outcome) = match admission::decode(body) {
+            Ok(review) => self.judge(&review, Timestamp::now()),
+            Err((uid, error)) => {
+                let message = error.to_string();
+                let outcome = Outcome {
+                    uid: uid.clone().unwrap_or_default(),
+                    kind: "unknown".into(),
+                    object: String::new(),
+                    operation: "",
+                    dry_run: false,
+                    decision: Decision::Error,
+                    verdict: "malformed",
+                    message: Some(message.clone()),
+                    calico: None,
+                    key: None,
+                    object_uid: None,
+                };
+                (admission::error_response(uid, &message), outcome)
+            }
+        };
+        let bytes = admission::encode(resp);
+        self.metrics.review(
+            &outcome.kind,
+            outcome.decision,
+            outcome.dry_run,
+            started.elapsed().as_secs_f64(),
+        );
+        (bytes, outcome)
+    }
+
+    /// The decision for a decoded review at time `now` (pure but for the
+    /// caches it reads and the local-hold note).
+    pub fn judge(&self, review: &Review, now: Timestamp) -> (AdmissionResponse, Outcome) {
+        let req = &review.request;
+        let settings = &self.cluster.settings;
+        let mut outcome = Outcome {
+            uid: req.uid.clone(),
+            kind: req.kind.kind.clone(),
+            object: review.namespaced_name(),
+            operation: review.operation(),
+            dry_run: req.dry_run,
+            decision: Decision::Allowed,
+            verdict: "admit",
+            message: None,
+            calico: None,
+            key: None,
+            object_uid: None,
+        };
+        let allow = AdmissionResponse::from(req);
+        let calico = settings.identify(
+            &req.kind.group,
+            &req.kind.version,
+            &req.kind.kind,
+            req.namespace.as_deref(),
+            &req.name,
+        );
+        outcome.calico = calico;
+        // CREATE, DELETE and CONNECT are never held; other objects get no patch.
+        let (Some(kind), Operation::Update) = (calico, &req.operation) else {
+            return (allow, outcome);
+        };
+        let (Some(old), Some(new)) = (&review.old_object, &review.object) else {
+            outcome.decision = Decision::Error;
+            outcome.verdict = "malformed";
+            let msg = "an UPDATE review must carry object and oldObject";
+            outcome.message = Some(msg.into());
+            return (
+                admission::error_response(Some(req.uid.clone()), msg),
+                outcome,
+            );
+        };
+
+        let toggle = self.cluster.toggle.get();
+        let switch = match overlay::detect_switch(kind, old, new) {
+            Ok(s) => s,
+            Err(e) if toggle.synced && !toggle.guard => {
+                // Guard off: not ours to judge.
+                tracing::debug!(error = %e, "unreadable overlay setting, guard off");
+                None
+            }
+            Err(e) => {
+                outcome.decision = Decision::Error;
+                outcome.verdict = "refused";
+                let msg = format!(
+                    "cannot tell whether this update of {} {} switches the overlay off: {e}",
+                    req.kind.kind,
+                    review.namespaced_name()
+                );
+                outcome.message = Some(msg.clone());
+                let resp = allow.deny(msg);
+                return (resp, outcome);
+            }
+        };
+
+        let key = settings.key(kind, &req.name);
+        outcome.key = Some(key.clone());
+        outcome.object_uid = old
+            .pointer("/metadata/uid")
+            .and_then(serde_json::Value::as_str)
+            .map(String::from);
+        let routes = self.cluster.routes.snapshot(settings.max_named_nodes);
+        let others = self.cluster.held.others(&key);
+        let old_record = Record::read(old);
+        let old_has_record = !matches!(old_record, Ok(None));
+        let situation = Situation {
+            toggle,
+            routes: &routes,
+            settle: settings.settle,
+            now,
+            is_switch: switch.is_some(),
+            old_has_record,
+            others_held: others.as_deref(),
+            action: hold::action(new),
+        };
+        let verdict = gate::decide(&situation);
+        let with_patch = |resp: AdmissionResponse, patch: json_patch::Patch| {
+            if patch.0.is_empty() {
+                resp
+            } else {
+                resp.with_patch(patch).expect("a JSON patch serializes")
+            }
+        };
+        match verdict {
+            Verdict::Admit => (allow, outcome),
+            Verdict::Pass { released } => {
+                outcome.verdict = if released { "released" } else { "passed" };
+                if !req.dry_run {
+                    self.cluster.held.forget_local_hold(&key);
+                }
+                if let Some(s) = &switch {
+                    outcome.message = Some(s.to_string());
+                }
+                (with_patch(allow, hold::clear_record_patch(new)), outcome)
+            }
+            Verdict::Cancel => {
+                outcome.verdict = "cancelled";
+                if !req.dry_run {
+                    self.cluster.held.forget_local_hold(&key);
+                }
+                (with_patch(allow, hold::clear_record_patch(new)), outcome)
+            }
+            Verdict::KeepRecord => {
+                outcome.verdict = "pending";
+                let mut resp = with_patch(allow, hold::keep_record_patch(old, new));
+                let warning = match &old_record {
+                    Ok(Some(r)) => format!(
+                        "overlay switch pending since {} ({}); this update went through and keeps it; cancel with: kubectl annotate namespace {} {CANCEL_ANNOTATION}=true",
+                        hold::format_time(r.since),
+                        r.reason,
+                        settings.calico_namespace
+                    ),
+                    Err(e) => format!("overlay switch pending, but its record is damaged: {e}"),
+                    Ok(None) => unreachable!("KeepRecord needs a record"),
+                };
+                resp.warnings = Some(vec![warning]);
+                (resp, outcome)
+            }
+            Verdict::Hold(why) => {
+                let switch = switch.expect("only switches are held");
+                let since = match &old_record {
+                    Ok(Some(r)) => r.since,
+                    _ => now,
+                };
+                let record = Record {
+                    intent: hold::intent(kind, old, new),
+                    since,
+                    reason: why.clone(),
+                };
+                let patch = match hold::hold_patch(kind, old, new, &record) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Cannot record the intent: refuse rather than lose it.
+                        outcome.decision = Decision::Error;
+                        outcome.verdict = "refused";
+                        let msg = format!(
+                            "overlay switch must be held ({why}) but cannot be recorded: {e}"
+                        );
+                        outcome.message = Some(msg.clone());
+                        return (allow.deny(msg), outcome);
+                    }
+                };
+                outcome.decision = Decision::Held;
+                outcome.verdict = "held";
+                outcome.message = Some(format!("{switch}: {why}"));
+                if !req.dry_run {
+                    self.cluster.held.note_local_hold(key);
+                }
+                let mut resp = with_patch(allow, patch);
+                resp.warnings = Some(vec![format!("overlay switch held: {why}")]);
+                (resp, outcome)
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The guard end to end, against a real kube-apiserver: switches are held
+//! while a node lacks its route, and go through once every node has it.
+
+mod controlplane;
+mod e2e_support;
+
+use std::time::Duration;
+
+use e2e_support::*;
+
+const OVERLAY: [&str; 3] = [
+    "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
+    "gardener-calico/overlay-ipip/daemonset-calico-node.yaml",
+    "gardener-calico/overlay-ipip/ippool-default-ipv4.yaml",
+];
+const NATIVE_CM: &str = "gardener-calico/native/configmap-calico-config.yaml";
+const NATIVE_DS: &str = "gardener-calico/native/daemonset-calico-node.yaml";
+const NATIVE_POOL: &str = "gardener-calico/native/ippool-default-ipv4.yaml";
+
+/// Control plane, server (release off: this file is about the gate),
+/// IPPool CRD, the overlay objects, and the given nodes.
+fn setup(nodes: &[(&str, Cond<'_>)], guard: bool) -> Env {
+    let env = Env::start(&["--release=false"]);
+    env.install_ippool_crd();
+    env.create(&OVERLAY);
+    for (name, cond) in nodes {
+        env.add_node(name, *cond);
+    }
+    env.server.wait_ready();
+    env.wait_webhook_active();
+    let with_route = nodes
+        .iter()
+        .filter(|(_, c)| matches!(c, Cond::Routed))
+        .count();
+    env.wait_nodes(nodes.len(), with_route);
+    env.set_guard(guard);
+    env
+}
+
+fn dry_run(env: &Env, fixture: &str) -> (serde_json::Value, String) {
+    let (ok, out, err) = env.apply(fixture, &["--dry-run=server", "-o", "json"]);
+    assert!(ok, "dry-run apply of {fixture} failed: {err}");
+    (parse_json(&out), err)
+}
+
+fn annotations(obj: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    obj.pointer("/metadata/annotations")
+        .and_then(|a| a.as_object())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Asserts each kind is held by a dry run: the output shows the old overlay
+/// configuration, the record, and the warning; nothing is persisted.
+fn assert_all_held(env: &Env, warning: &str) {
+    let (ds, err) = dry_run(env, NATIVE_DS);
+    assert_eq!(
+        env_value(&ds, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always"),
+        "DaemonSet not held"
+    );
+    assert_eq!(
+        env_value(&ds, "FELIX_IPINIPENABLED").as_deref(),
+        Some("true")
+    );
+    assert!(
+        annotations(&ds).contains_key(INTENT),
+        "no record: {:?}",
+        annotations(&ds)
+    );
+    assert!(
+        err.contains(warning),
+        "DaemonSet warning {warning:?} missing in: {err}"
+    );
+
+    let (cm, err) = dry_run(env, NATIVE_CM);
+    assert_eq!(cm["data"]["calico_backend"], "bird", "ConfigMap not held");
+    assert!(annotations(&cm).contains_key(INTENT));
+    assert!(err.contains(warning), "ConfigMap warning missing in: {err}");
+
+    let (pool, err) = dry_run(env, NATIVE_POOL);
+    assert_eq!(pool["spec"]["ipipMode"], "Always", "IPPool not held");
+    assert!(annotations(&pool).contains_key(INTENT));
+    assert!(err.contains(warning), "IPPool warning missing in: {err}");
+
+    // A dry run persists nothing.
+    let live = env.get_json(&["-n", "kube-system", "daemonset", "calico-node"]);
+    assert!(!annotations(&live).contains_key(INTENT));
+    assert_eq!(
+        env_value(&live, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always")
+    );
+}
+
+fn assert_all_pass(env: &Env) {
+    let (ds, err) = dry_run(env, NATIVE_DS);
+    assert_eq!(
+        env_value(&ds, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Never"),
+        "{err}"
+    );
+    assert_eq!(
+        env_value(&ds, "FELIX_IPINIPENABLED").as_deref(),
+        Some("false")
+    );
+    assert!(!annotations(&ds).contains_key(INTENT));
+    assert!(!err.contains("overlay switch held"), "{err}");
+    let (cm, _) = dry_run(env, NATIVE_CM);
+    assert_eq!(cm["data"]["calico_backend"], "none");
+    let (pool, _) = dry_run(env, NATIVE_POOL);
+    assert_eq!(pool["spec"]["ipipMode"], "Never");
+    assert!(!annotations(&pool).contains_key(INTENT));
+}
+
+#[test]
+fn switch_is_held_per_blocking_reason_and_passes_once_every_node_has_its_route() {
+    let env = setup(
+        &[
+            ("node-a", Cond::Routed),
+            ("node-b", Cond::None),
+            ("node-c", Cond::NoRoute),
+        ],
+        true,
+    );
+    assert_all_held(
+        &env,
+        "overlay switch held: 2 of 3 nodes have no route yet (node-b: no NetworkUnavailable condition, node-c: NoRouteCreated)",
+    );
+    let held = env.reviews("DaemonSet", "Held", true);
+    assert!(held >= 1.0, "held dry-run reviews are counted");
+
+    // Another reason than RouteCreated does not count as a route.
+    env.set_node("node-b", Cond::Routed);
+    env.set_node("node-c", Cond::Other("False", "CalicoIsUp"));
+    env.wait_nodes(3, 2);
+    assert_all_held(
+        &env,
+        "1 of 3 nodes has no route yet (node-c: NetworkUnavailable=False (CalicoIsUp))",
+    );
+
+    env.set_node("node-c", Cond::Routed);
+    env.wait_nodes(3, 3);
+    assert_all_pass(&env);
+}
+
+#[test]
+fn guard_off_rollbacks_and_zero_nodes_pass() {
+    // Guard off: a blocked node does not matter.
+    let env = setup(&[("node-a", Cond::NoRoute)], false);
+    assert_all_pass(&env);
+
+    // With the guard off the native config goes through for real ...
+    for f in [NATIVE_CM, NATIVE_DS, NATIVE_POOL] {
+        let (ok, _, err) = env.apply(f, &["--server-side", "--force-conflicts"]);
+        assert!(ok, "{err}");
+    }
+    assert_eq!(
+        env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}"),
+        "Never"
+    );
+    // ... and a rollback (native -> overlay) with the guard on is never held.
+    env.set_guard(true);
+    for f in OVERLAY {
+        let (ok, out, err) = env.apply(
+            f,
+            &[
+                "--dry-run=server",
+                "--server-side",
+                "--force-conflicts",
+                "-o",
+                "json",
+            ],
+        );
+        assert!(ok, "{err}");
+        assert!(!err.contains("held"), "rollback held: {err}");
+        let obj = parse_json(&out);
+        if obj["kind"] == "IPPool" {
+            assert_eq!(obj["spec"]["ipipMode"], "Always");
+        }
+        if obj["kind"] == "ConfigMap" {
+            assert_eq!(obj["data"]["calico_backend"], "bird");
+        }
+    }
+
+    // Zero nodes: nothing to wait for.
+    env.kubectl(&["delete", "node", "node-a"]);
+    env.wait_nodes(0, 0);
+    for f in OVERLAY {
+        let (ok, _, err) = env.apply(f, &["--server-side", "--force-conflicts"]);
+        assert!(ok, "{err}");
+    }
+    assert_all_pass(&env);
+}
+
+#[test]
+fn upstream_calico_pools_are_guarded_including_cross_subnet() {
+    let env = Env::start(&["--release=false"]);
+    env.install_ippool_crd();
+    env.create(&[
+        "upstream-calico/ippool-ipip.yaml",
+        "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
+    ]);
+    env.add_node("node-a", Cond::NoRoute);
+    env.server.wait_ready();
+    env.wait_webhook_active();
+    env.wait_nodes(1, 0);
+    env.set_guard(true);
+    for target in [
+        "upstream-calico/ippool-native.yaml",
+        "upstream-calico/ippool-ipip-crosssubnet.yaml",
+        "upstream-calico/ippool-vxlan.yaml",
+    ] {
+        let (ok, out, err) = env.apply(target, &["--dry-run=server", "-o", "json"]);
+        assert!(ok, "{err}");
+        let pool = parse_json(&out);
+        assert_eq!(pool["spec"]["ipipMode"], "Always", "{target} not held");
+        assert!(
+            err.contains("overlay switch held: 1 of 1 node has no route yet"),
+            "{err}"
+        );
+    }
+    // Unrelated pool change: not a switch.
+    let (ok, _, err) = env.kubectl_raw(&[
+        "patch",
+        "ippool",
+        "default-ipv4-ippool",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"natOutgoing":false}}"#,
+        "--dry-run=server",
+    ]);
+    assert!(ok && !err.contains("held"), "{err}");
+}
+
+#[test]
+fn real_applies_record_the_intent_and_let_other_updates_through() {
+    let env = setup(&[("node-a", Cond::Routed), ("node-b", Cond::None)], true);
+    let (ok, _, err) = env.apply(NATIVE_DS, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("overlay switch held: 1 of 2 nodes has no route yet"),
+        "{err}"
+    );
+    let ds = env.get_json(&["-n", "kube-system", "daemonset", "calico-node"]);
+    assert_eq!(
+        env_value(&ds, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always")
+    );
+    let since = annotations(&ds)[SINCE].as_str().unwrap().to_string();
+    let intent: serde_json::Value =
+        serde_json::from_str(annotations(&ds)[INTENT].as_str().unwrap()).unwrap();
+    assert!(
+        intent.to_string().contains("cleanup-routes"),
+        "intent keeps the whole native template: {intent}"
+    );
+    assert_eq!(env.reviews("DaemonSet", "Held", false), 1.0);
+
+    // An image bump goes through, keeps the record, and says a switch is pending.
+    let (ok, _, err) = env.kubectl_raw(&[
+        "-n",
+        "kube-system",
+        "set",
+        "image",
+        "daemonset/calico-node",
+        "calico-node=quay.io/calico/node:v3.31.7",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("overlay switch pending since"), "{err}");
+    let ds = env.get_json(&["-n", "kube-system", "daemonset", "calico-node"]);
+    let image = ds
+        .pointer("/spec/template/spec/containers/1/image")
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert!(image.ends_with("v3.31.7"), "{image}");
+    assert!(annotations(&ds).contains_key(INTENT));
+
+    // A reconciler re-applying the native config keeps the first held time.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (ok, _, err) = env.apply(NATIVE_DS, &[]);
+    assert!(ok && err.contains("overlay switch held"), "{err}");
+    let ds = env.get_json(&["-n", "kube-system", "daemonset", "calico-node"]);
+    assert_eq!(annotations(&ds)[SINCE].as_str().unwrap(), since);
+
+    // Once the route is there, the held object's own next update passes
+    // and clears the record.
+    env.set_node("node-b", Cond::Routed);
+    env.wait_nodes(2, 2);
+    let (ok, _, err) = env.apply(NATIVE_DS, &[]);
+    assert!(ok, "{err}");
+    let ds = env.get_json(&["-n", "kube-system", "daemonset", "calico-node"]);
+    assert_eq!(
+        env_value(&ds, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Never")
+    );
+    assert!(!annotations(&ds).contains_key(INTENT), "record cleared");
+}
+
+#[test]
+fn a_cluster_never_ends_up_half_switched_when_the_gate_opens_between_updates() {
+    let env = setup(&[("node-a", Cond::None)], true);
+    // The ConfigMap's switch arrives first and is held.
+    let (ok, _, err) = env.apply(NATIVE_CM, &[]);
+    assert!(ok && err.contains("overlay switch held"), "{err}");
+    // The gate opens before the DaemonSet's switch arrives ...
+    env.set_node("node-a", Cond::Routed);
+    env.wait_nodes(1, 1);
+    // ... which joins the held ConfigMap instead of switching alone.
+    let (ok, _, err) = env.apply(NATIVE_DS, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("joins the held switch of ConfigMap kube-system/calico-config"),
+        "{err}"
+    );
+    let ds = env.get_json(&["-n", "kube-system", "daemonset", "calico-node"]);
+    assert_eq!(
+        env_value(&ds, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always")
+    );
+    assert_eq!(
+        env.get(
+            &["-n", "kube-system", "configmap", "calico-config"],
+            "{.data.calico_backend}"
+        ),
+        "bird"
+    );
+}
+
+#[test]
+fn unknown_route_state_holds_until_the_node_watch_syncs() {
+    let cp = controlplane::ControlPlane::start().expect("control plane");
+    let dir = tempfile::tempdir().unwrap();
+    // The webhook's identity may read namespaces and Calico objects, not nodes (yet).
+    let kubeconfig = sa_kubeconfig(
+        &cp,
+        dir.path(),
+        &[
+            ("namespaces", ""),
+            ("daemonsets", "apps"),
+            ("configmaps", ""),
+            ("ippools", "crd.projectcalico.org"),
+        ],
+    );
+    let server = Server::start(dir.path(), &kubeconfig, &["--release=false"]);
+    let env = Env { server, cp, dir };
+    env.register_webhook();
+    env.install_ippool_crd();
+    env.create(&OVERLAY);
+    env.add_node("node-a", Cond::Routed);
+    env.wait_webhook_active();
+    env.set_guard(true);
+    assert!(
+        !env.server.ready(),
+        "not ready while the node watch cannot sync"
+    );
+    let (pool, err) = dry_run(&env, NATIVE_POOL);
+    assert_eq!(pool["spec"]["ipipMode"], "Always");
+    assert!(
+        err.contains("overlay switch held: node route state unknown"),
+        "{err}"
+    );
+
+    // Allow nodes: the watch lists, the state is known, and the switch passes.
+    grant(&env.cp, &[("nodes", "")], "nodes");
+    env.server.wait_ready();
+    let (pool, err) = dry_run(&env, NATIVE_POOL);
+    assert_eq!(pool["spec"]["ipipMode"], "Never", "{err}");
+}

@@ -1,0 +1,484 @@
+//! Shared e2e plumbing: our real server binary against a real control plane,
+//! registered as a URL webhook, plus kubectl helpers for nodes, fixtures and
+//! the toggle. Every process is stopped and reaped on drop.
+#![allow(dead_code)]
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::controlplane::ControlPlane;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_overlay-switch-webhook");
+pub const GUARD: &str = "calico.networking.extensions.gardener.cloud/seamless-overlay-switch";
+pub const INTENT: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-held-intent";
+pub const SINCE: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-held-since";
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Our server, as a child process.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+    pub certs: PathBuf,
+}
+
+impl Server {
+    /// Starts `serve` with the given kubeconfig and extra flags; waits for /healthz.
+    pub fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Server {
+        let certs = dir.join("certs");
+        let out = Command::new(BIN)
+            .args(["certs", "--out-dir"])
+            .arg(&certs)
+            .output()
+            .expect("run certs");
+        assert!(
+            out.status.success(),
+            "certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (port, metrics_port) = (free_port(), free_port());
+        let log = dir.join(format!("server-{port}.log"));
+        let child = Command::new(BIN)
+            .args(["--log-format", "json", "serve"])
+            .arg("--tls-cert-file")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(certs.join("tls.key"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args([
+                "--settle-time",
+                "0s",
+                "--shutdown-delay",
+                "0s",
+                "--shutdown-drain",
+                "2s",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,overlay_switch_webhook=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start server");
+        let mut server = Server {
+            child: Some(child),
+            port,
+            metrics_port,
+            log,
+            certs,
+        };
+        eventually("server /healthz", Duration::from_secs(20), || {
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited with {status}: {}", server.log_text());
+            }
+            http_get(metrics_port, "/healthz").filter(|(s, _)| *s == 200)
+        });
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// The value of one metric line, matched by its full name+labels prefix.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn ready(&self) -> bool {
+        matches!(http_get(self.metrics_port, "/readyz"), Some((200, _)))
+    }
+
+    pub fn wait_ready(&self) {
+        eventually("server /readyz", Duration::from_secs(30), || {
+            self.ready().then_some(())
+        });
+    }
+
+    /// Stops the server with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- server log (last lines) ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.stop();
+    }
+}
+
+/// Node route condition to set.
+#[derive(Debug, Clone, Copy)]
+pub enum Cond<'a> {
+    None,
+    Routed,
+    NoRoute,
+    Other(&'a str, &'a str),
+}
+
+/// A control plane with our webhook registered (URL-based) and the overlay
+/// Calico objects created.
+pub struct Env {
+    pub server: Server,
+    pub cp: ControlPlane,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Control plane + server (admin kubeconfig) + webhook registration.
+    pub fn start(extra: &[&str]) -> Env {
+        let cp = ControlPlane::start().expect("control plane");
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), cp.kubeconfig(), extra);
+        let env = Env { server, cp, dir };
+        env.register_webhook();
+        env
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.cp
+            .kubectl_ok(args, None)
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e:#}"))
+    }
+
+    pub fn kubectl_in(&self, args: &[&str], stdin: &str) -> String {
+        self.cp
+            .kubectl_ok(args, Some(stdin))
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e:#}"))
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    pub fn kubectl_raw(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cp.kubectl_run(args, None).expect("kubectl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn register_webhook(&self) {
+        let out = Command::new(BIN)
+            .args(["webhook-config", "--mode", "url", "--ca-file"])
+            .arg(self.server.certs.join("ca.crt"))
+            .args([
+                "--url",
+                &format!("https://127.0.0.1:{}/mutate", self.server.port),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.kubectl_in(
+            &["apply", "-f", "-"],
+            &String::from_utf8(out.stdout).unwrap(),
+        );
+    }
+
+    pub fn install_ippool_crd(&self) {
+        let crd = fixture("gardener-calico/crd-ippools.yaml");
+        self.kubectl(&["apply", "-f", crd.to_str().unwrap()]);
+        self.kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd/ippools.crd.projectcalico.org",
+        ]);
+    }
+
+    /// `kubectl create -f` of fixtures (relative to tests/fixtures).
+    pub fn create(&self, fixtures: &[&str]) {
+        for f in fixtures {
+            self.kubectl(&["create", "-f", fixture(f).to_str().unwrap()]);
+        }
+    }
+
+    /// `kubectl apply` of one fixture with extra flags; returns (ok, stdout, stderr).
+    pub fn apply(&self, rel: &str, extra: &[&str]) -> (bool, String, String) {
+        let path = fixture(rel);
+        let mut args = vec!["apply", "-f", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.kubectl_raw(&args)
+    }
+
+    pub fn set_guard(&self, on: bool) {
+        let value = format!("{GUARD}={}", if on { "true" } else { "false" });
+        self.kubectl(&[
+            "annotate",
+            "namespace",
+            "kube-system",
+            &value,
+            "--overwrite",
+        ]);
+        let want = if on { 1.0 } else { 0.0 };
+        eventually(
+            "guard toggle seen by the server",
+            Duration::from_secs(10),
+            || (self.server.metric("overlay_switch_guard_enabled") == want).then_some(()),
+        );
+    }
+
+    pub fn add_node(&self, name: &str, cond: Cond<'_>) {
+        self.kubectl_in(
+            &["create", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n"),
+        );
+        self.set_node(name, cond);
+    }
+
+    pub fn set_node(&self, name: &str, cond: Cond<'_>) {
+        let now = "2026-01-01T00:00:00Z";
+        let conditions = match cond {
+            Cond::None => "[]".to_string(),
+            Cond::Routed => format!(
+                r#"[{{"type":"NetworkUnavailable","status":"False","reason":"RouteCreated","message":"route created","lastTransitionTime":"{now}","lastHeartbeatTime":"{now}"}}]"#
+            ),
+            Cond::NoRoute => format!(
+                r#"[{{"type":"NetworkUnavailable","status":"True","reason":"NoRouteCreated","message":"could not create route","lastTransitionTime":"{now}","lastHeartbeatTime":"{now}"}}]"#
+            ),
+            Cond::Other(status, reason) => format!(
+                r#"[{{"type":"NetworkUnavailable","status":"{status}","reason":"{reason}","message":"other","lastTransitionTime":"{now}","lastHeartbeatTime":"{now}"}}]"#
+            ),
+        };
+        let patch = format!(r#"{{"status":{{"conditions":{conditions}}}}}"#);
+        self.kubectl(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+    }
+
+    /// Waits until the server's route cache shows `with_route` of `total` nodes.
+    pub fn wait_nodes(&self, total: usize, with_route: usize) {
+        eventually(
+            &format!("route cache at {with_route}/{total}"),
+            Duration::from_secs(10),
+            || {
+                let m = self.server.metrics();
+                let get = |name: &str| {
+                    m.lines()
+                        .find(|l| l.starts_with(&format!("{name} ")))
+                        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                };
+                (get("overlay_switch_nodes") == Some(total as f64)
+                    && get("overlay_switch_nodes_with_route") == Some(with_route as f64))
+                .then_some(())
+            },
+        );
+    }
+
+    /// Reviews counted by the server for kind/decision/dry_run.
+    pub fn reviews(&self, kind: &str, decision: &str, dry_run: bool) -> f64 {
+        self.server.metric(&format!(
+            "overlay_switch_admission_reviews_total{{kind=\"{kind}\",decision=\"{decision}\",dry_run=\"{dry_run}\"}}"
+        ))
+    }
+
+    /// Waits until the API server really calls the webhook: dry-run
+    /// annotations of calico-config (which must exist) until a review arrives.
+    pub fn wait_webhook_active(&self) {
+        eventually(
+            "webhook called by the API server",
+            Duration::from_secs(20),
+            || {
+                let before = self.reviews("ConfigMap", "Allowed", true);
+                let _ = self.kubectl_raw(&[
+                    "-n",
+                    "kube-system",
+                    "annotate",
+                    "configmap",
+                    "calico-config",
+                    "e2e-probe=1",
+                    "--overwrite",
+                    "--dry-run=server",
+                ]);
+                (self.reviews("ConfigMap", "Allowed", true) > before).then_some(())
+            },
+        );
+    }
+
+    /// A JSONPath of a live object.
+    pub fn get(&self, args: &[&str], jsonpath: &str) -> String {
+        let jp = format!("jsonpath={jsonpath}");
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", &jp]);
+        self.kubectl(&a)
+    }
+
+    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&a)).unwrap()
+    }
+}
+
+/// The env var value of the calico-node container in a DaemonSet JSON.
+pub fn env_value(ds: &serde_json::Value, name: &str) -> Option<String> {
+    ds.pointer("/spec/template/spec/containers")?
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "calico-node")?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?
+        .get("value")?
+        .as_str()
+        .map(String::from)
+}
+
+/// Parses kubectl's `-o json` output of a dry-run apply.
+pub fn parse_json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// A ClusterRole (get/list/watch on `resources`, as (resource, apiGroup))
+/// bound to the ServiceAccount `default/osw-e2e`.
+pub fn grant(cp: &ControlPlane, resources: &[(&str, &str)], suffix: &str) {
+    let rules: String = resources
+        .iter()
+        .map(|(r, g)| {
+            format!("- apiGroups: [\"{g}\"]\n  resources: [\"{r}\"]\n  verbs: [get, list, watch]\n")
+        })
+        .collect();
+    let name = format!("osw-e2e-{suffix}");
+    let yaml = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {name}\nrules:\n{rules}---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {name}\n\
+         roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {name}\n\
+         subjects:\n- kind: ServiceAccount\n  name: osw-e2e\n  namespace: default\n"
+    );
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(&yaml)).unwrap();
+}
+
+/// A kubeconfig for the ServiceAccount `default/osw-e2e` (created here),
+/// allowed to read only `resources`.
+pub fn sa_kubeconfig(cp: &ControlPlane, dir: &Path, resources: &[(&str, &str)]) -> PathBuf {
+    cp.kubectl_ok(
+        &["-n", "default", "create", "serviceaccount", "osw-e2e"],
+        None,
+    )
+    .unwrap();
+    grant(cp, resources, "base");
+    let token = cp
+        .kubectl_ok(
+            &[
+                "-n",
+                "default",
+                "create",
+                "token",
+                "osw-e2e",
+                "--duration=2h",
+            ],
+            None,
+        )
+        .unwrap();
+    kubeconfig_with_token(cp, dir, "osw-e2e", token.trim())
+}
+
+/// The admin kubeconfig with its user replaced by a bearer token.
+pub fn kubeconfig_with_token(cp: &ControlPlane, dir: &Path, name: &str, token: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(cp.kubeconfig()).unwrap();
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    for user in kc["users"].as_sequence_mut().unwrap() {
+        user["user"] = serde_yaml::from_str(&format!("token: {token}")).unwrap();
+    }
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}

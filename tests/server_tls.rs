@@ -1,0 +1,338 @@
+//! The server over a real TLS socket, without a cluster: reviews, bad input,
+//! probes and metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use overlay_switch_webhook::cluster::{Cluster, Settings};
+use overlay_switch_webhook::server::{self, AppState};
+use overlay_switch_webhook::webhook::Webhook;
+use serde_json::{Value, json};
+
+struct Running {
+    url: String,
+    admin: String,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(5), self.task.take().unwrap())
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+}
+
+async fn start() -> Running {
+    let bundle = overlay_switch_webhook::certs::generate(
+        &["localhost".into()],
+        &["127.0.0.1".parse().unwrap()],
+        1,
+    )
+    .unwrap();
+    let tls = overlay_switch_webhook::tls::server_config_from_pem(
+        bundle.tls_cert_pem.as_bytes(),
+        bundle.tls_key_pem.as_bytes(),
+    )
+    .unwrap();
+    let (registry, metrics) = overlay_switch_webhook::metrics::registry();
+    let state = Arc::new(AppState {
+        webhook: Webhook {
+            cluster: Cluster::new(Settings::default()),
+            metrics,
+        },
+        registry,
+        tls_loaded: AtomicBool::new(true),
+        shutting_down: AtomicBool::new(false),
+        on_outcome: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_port = admin.local_addr().unwrap().port();
+    let router = server::admin_router(state.clone());
+    tokio::spawn(async move {
+        axum::serve(admin, router).await.unwrap();
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve_tls(
+        listener,
+        Arc::new(tls),
+        server::webhook_router(state),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(2),
+    ));
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(bundle.ca_cert_pem.as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    Running {
+        url: format!("https://127.0.0.1:{port}/mutate"),
+        admin: format!("http://127.0.0.1:{admin_port}"),
+        client,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+fn review(
+    kind: (&str, &str, &str),
+    name: &str,
+    ns: Option<&str>,
+    op: &str,
+    old: Value,
+    new: Value,
+) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
+            "resource": {"group": kind.0, "version": kind.1, "resource": "x"},
+            "name": name,
+            "namespace": ns,
+            "operation": op,
+            "userInfo": {"username": "admin"},
+            "object": new,
+            "oldObject": old,
+            "dryRun": true
+        }
+    })
+}
+
+fn pool(mode: &str) -> Value {
+    json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+           "metadata": {"name": "default-ipv4-ippool", "uid": "u1"},
+           "spec": {"cidr": "100.64.0.0/12", "ipipMode": mode, "vxlanMode": "Never"}})
+}
+
+async fn post(r: &Running, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+    let resp = r
+        .client
+        .post(&r.url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_valid_review_gets_a_well_formed_response_with_its_uid() {
+    let r = start().await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"}});
+    let body = review(
+        ("", "v1", "Pod"),
+        "p",
+        Some("default"),
+        "UPDATE",
+        pod.clone(),
+        pod,
+    );
+    let (status, resp) = post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
+    assert_eq!(status, 200);
+    assert_eq!(resp["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(resp["kind"], "AdmissionReview");
+    assert_eq!(
+        resp["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_eq!(resp["response"]["allowed"], true);
+    assert!(
+        resp["response"].get("patch").is_none(),
+        "objects that are not Calico's get no patch"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_switch_while_the_state_is_unknown_is_held_with_a_patch_and_a_warning() {
+    let r = start().await;
+    let body = review(
+        ("crd.projectcalico.org", "v1", "IPPool"),
+        "default-ipv4-ippool",
+        None,
+        "UPDATE",
+        pool("Always"),
+        pool("Never"),
+    );
+    let (_, resp) = post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
+    let resp = &resp["response"];
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let warning = resp["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("overlay switch held: guard state unknown"),
+        "{warning}"
+    );
+    // The patch, applied to the new object, restores the overlay and records the intent.
+    // []byte on the Go side: kube-rs sends the bytes as a JSON array, which
+    // the API server decodes as well as base64.
+    let bytes: Vec<u8> = match &resp["patch"] {
+        Value::String(b64) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        }
+        Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
+        other => panic!("no patch: {other}"),
+    };
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut obj = pool("Never");
+    json_patch::patch(&mut obj, &patch.0).unwrap();
+    assert_eq!(obj["spec"]["ipipMode"], "Always");
+    assert!(
+        obj["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .contains_key("calico.networking.extensions.gardener.cloud/overlay-switch-held-intent")
+    );
+
+    // A rollback is never held; CREATE is never held.
+    let body = review(
+        ("crd.projectcalico.org", "v1", "IPPool"),
+        "default-ipv4-ippool",
+        None,
+        "UPDATE",
+        pool("Never"),
+        pool("Always"),
+    );
+    let (_, resp) = post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
+    assert!(resp["response"].get("patch").is_none());
+    let body = review(
+        ("crd.projectcalico.org", "v1", "IPPool"),
+        "default-ipv4-ippool",
+        None,
+        "CREATE",
+        Value::Null,
+        pool("Never"),
+    );
+    let (_, resp) = post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
+    assert_eq!(resp["response"]["allowed"], true);
+    assert!(resp["response"].get("patch").is_none());
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_response() {
+    let r = start().await;
+    // Not JSON at all.
+    let (status, resp) = post(&r, b"{not json".to_vec(), "application/json").await;
+    assert_eq!(status, 200);
+    assert_eq!(resp["response"]["allowed"], false);
+    assert_eq!(resp["response"]["status"]["code"], 400);
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON AdmissionReview")
+    );
+
+    // A review with a uid but a broken request: the uid is echoed.
+    let bad = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                     "request": {"uid": "abc", "operation": 42}});
+    let (_, resp) = post(&r, serde_json::to_vec(&bad).unwrap(), "application/json").await;
+    assert_eq!(resp["response"]["uid"], "abc");
+    assert_eq!(resp["response"]["allowed"], false);
+
+    // v1beta1 is not served.
+    let mut old = review(
+        ("", "v1", "Pod"),
+        "p",
+        None,
+        "UPDATE",
+        Value::Null,
+        Value::Null,
+    );
+    old["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let (_, resp) = post(&r, serde_json::to_vec(&old).unwrap(), "application/json").await;
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only admission.k8s.io/v1")
+    );
+
+    // Wrong content type.
+    let (_, resp) = post(&r, b"{}".to_vec(), "text/plain").await;
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/json")
+    );
+
+    // Over the body limit.
+    let big = vec![b' '; overlay_switch_webhook::admission::MAX_BODY_BYTES + 10];
+    let (_, resp) = post(&r, big, "application/json").await;
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+
+    // An unreadable overlay value in a Calico update: refused with the reason.
+    let body = review(
+        ("crd.projectcalico.org", "v1", "IPPool"),
+        "p",
+        None,
+        "UPDATE",
+        pool("Always"),
+        pool("Sometimes"),
+    );
+    let (_, resp) = post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
+    assert_eq!(resp["response"]["allowed"], false);
+    let msg = resp["response"]["status"]["message"].as_str().unwrap();
+    assert!(msg.contains("Sometimes"), "{msg}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer() {
+    let r = start().await;
+    let c = reqwest::Client::new();
+    let h = c.get(format!("{}/healthz", r.admin)).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    let ready = c.get(format!("{}/readyz", r.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "no watch has synced");
+    assert!(ready.text().await.unwrap().contains("node watch"));
+    let body = review(
+        ("crd.projectcalico.org", "v1", "IPPool"),
+        "p",
+        None,
+        "UPDATE",
+        pool("Always"),
+        pool("Always"),
+    );
+    post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
+    let m = c
+        .get(format!("{}/metrics", r.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"overlay_switch_admission_reviews_total{kind="IPPool",decision="Allowed",dry_run="true"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("overlay_switch_cache_synced 0"), "{m}");
+    r.shutdown().await;
+}
