@@ -146,48 +146,170 @@ pub fn intent(kind: CalicoKind, old: &Value, new: &Value) -> Patch {
             }),
         ],
         (Some(from), Some(to)) => {
-            let base = pointer(root);
-            let relative = json_patch::diff(from, to);
-            // Replay the diff on a copy of the held part, to know what each
-            // replace/remove finds at its path at that step.
-            let mut doc = from.clone();
-            let mut ops = Vec::with_capacity(relative.0.len() * 2);
-            for op in relative.0 {
-                let expected = match &op {
-                    PatchOperation::Replace(r) => r.path.resolve(&doc).ok().cloned(),
-                    PatchOperation::Remove(r) => r.path.resolve(&doc).ok().cloned(),
-                    _ => None,
-                };
-                json_patch::patch(&mut doc, std::slice::from_ref(&op))
-                    .expect("a diff applies to its own left side");
-                if let Some(value) = expected {
-                    ops.push(PatchOperation::Test(TestOperation {
-                        path: base.concat(op.path()),
-                        value,
-                    }));
-                }
-                ops.push(rebase(op, &base));
-            }
+            let mut ops = Vec::new();
+            guarded_diff(from, to, &pointer(root), &mut ops);
             ops
         }
     };
     Patch(ops)
 }
 
-fn rebase(op: PatchOperation, base: &PointerBuf) -> PatchOperation {
-    match op {
-        PatchOperation::Add(o) => PatchOperation::Add(AddOperation {
-            path: base.concat(&o.path),
-            value: o.value,
-        }),
-        PatchOperation::Remove(o) => PatchOperation::Remove(RemoveOperation {
-            path: base.concat(&o.path),
-        }),
-        PatchOperation::Replace(o) => PatchOperation::Replace(ReplaceOperation {
-            path: base.concat(&o.path),
-            value: o.value,
-        }),
-        other => other, // diff makes only add/remove/replace
+/// The ops (applied in order) that turn `from` into `to`, at `path`, with a
+/// `test` of the expected value before every `replace`, `remove` and `move`.
+///
+/// Lists of named items (containers, env, volumes: every element an object
+/// with a unique `name`, or `mountPath` for volume mounts) are matched by
+/// name, the way Kubernetes merges them, not by position: inserting one env
+/// var is one `add`, not a cascade of replaces, so the patch still applies
+/// after an unrelated change elsewhere in the list's items (an image bump).
+pub fn guarded_diff(from: &Value, to: &Value, path: &PointerBuf, ops: &mut Vec<PatchOperation>) {
+    match (from, to) {
+        (Value::Object(f), Value::Object(t)) => {
+            for (k, v) in f {
+                if !t.contains_key(k) {
+                    let p = path.with_trailing_token(k);
+                    test_then(
+                        ops,
+                        &p,
+                        v,
+                        PatchOperation::Remove(RemoveOperation { path: p.clone() }),
+                    );
+                }
+            }
+            for (k, v) in t {
+                let p = path.with_trailing_token(k);
+                match f.get(k) {
+                    Some(old) => guarded_diff(old, v, &p, ops),
+                    None => ops.push(PatchOperation::Add(AddOperation {
+                        path: p,
+                        value: v.clone(),
+                    })),
+                }
+            }
+        }
+        (Value::Array(f), Value::Array(t)) => match list_key(f, t) {
+            Some(key) => keyed_list_diff(f, t, key, path, ops),
+            None => {
+                let common = f.len().min(t.len());
+                for i in 0..common {
+                    guarded_diff(&f[i], &t[i], &path.with_trailing_token(i.to_string()), ops);
+                }
+                for i in (common..f.len()).rev() {
+                    let p = path.with_trailing_token(i.to_string());
+                    test_then(
+                        ops,
+                        &p,
+                        &f[i],
+                        PatchOperation::Remove(RemoveOperation { path: p.clone() }),
+                    );
+                }
+                for (i, v) in t.iter().enumerate().skip(common) {
+                    ops.push(PatchOperation::Add(AddOperation {
+                        path: path.with_trailing_token(i.to_string()),
+                        value: v.clone(),
+                    }));
+                }
+            }
+        },
+        _ if from == to => {}
+        _ => test_then(
+            ops,
+            path,
+            from,
+            PatchOperation::Replace(ReplaceOperation {
+                path: path.clone(),
+                value: to.clone(),
+            }),
+        ),
+    }
+}
+
+fn test_then(
+    ops: &mut Vec<PatchOperation>,
+    path: &PointerBuf,
+    expected: &Value,
+    op: PatchOperation,
+) {
+    ops.push(PatchOperation::Test(TestOperation {
+        path: path.clone(),
+        value: expected.clone(),
+    }));
+    ops.push(op);
+}
+
+/// The merge key of a list of named items, if both sides are such lists.
+fn list_key(f: &[Value], t: &[Value]) -> Option<&'static str> {
+    ["name", "mountPath"].into_iter().find(|key| {
+        let unique = |l: &[Value]| {
+            let mut seen = std::collections::HashSet::new();
+            l.iter().all(|v| {
+                v.get(*key)
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| seen.insert(k))
+            })
+        };
+        !(f.is_empty() && t.is_empty()) && unique(f) && unique(t)
+    })
+}
+
+fn keyed_list_diff(
+    f: &[Value],
+    t: &[Value],
+    key: &str,
+    path: &PointerBuf,
+    ops: &mut Vec<PatchOperation>,
+) {
+    let name = |v: &Value| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let wanted: std::collections::HashSet<String> = t.iter().map(name).collect();
+    // Removals, from the end so that earlier indices stay valid.
+    for i in (0..f.len()).rev() {
+        if !wanted.contains(&name(&f[i])) {
+            let p = path.with_trailing_token(i.to_string());
+            test_then(
+                ops,
+                &p,
+                &f[i],
+                PatchOperation::Remove(RemoveOperation { path: p.clone() }),
+            );
+        }
+    }
+    // What is left, in its order; then bring each wanted item to its place.
+    let mut left: Vec<&Value> = f.iter().filter(|v| wanted.contains(&name(v))).collect();
+    for (j, want) in t.iter().enumerate() {
+        let k = name(want);
+        let at = path.with_trailing_token(j.to_string());
+        match left.iter().position(|v| name(v) == k) {
+            Some(p) => {
+                if p != j {
+                    let from = path.with_trailing_token(p.to_string());
+                    let key_path = from.with_trailing_token(key);
+                    test_then(
+                        ops,
+                        &key_path,
+                        &Value::String(k.clone()),
+                        PatchOperation::Move(json_patch::MoveOperation {
+                            from,
+                            path: at.clone(),
+                        }),
+                    );
+                    let item = left.remove(p);
+                    left.insert(j, item);
+                }
+                guarded_diff(left[j], want, &at, ops);
+            }
+            None => {
+                ops.push(PatchOperation::Add(AddOperation {
+                    path: at,
+                    value: want.clone(),
+                }));
+                left.insert(j, want);
+            }
+        }
     }
 }
 
@@ -477,5 +599,91 @@ mod tests {
             p.to_string()
                 .contains("calico.networking.extensions.gardener.cloud~1overlay")
         );
+    }
+
+    #[test]
+    fn named_lists_are_matched_by_name() {
+        let from = json!({"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]});
+        let to = json!({"env": [{"name": "A", "value": "1"}, {"name": "X", "value": "0"}, {"name": "B", "value": "3"}]});
+        let mut ops = vec![];
+        guarded_diff(&from, &to, &PointerBuf::new(), &mut ops);
+        let text = serde_json::to_string(&ops).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"op":"add","path":"/env/1","value":{"name":"X","value":"0"}},{"op":"test","path":"/env/2/value","value":"2"},{"op":"replace","path":"/env/2/value","value":"3"}]"#
+        );
+        // Reordering is a guarded move.
+        let swapped = json!({"env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]});
+        let mut ops = vec![];
+        guarded_diff(&from, &swapped, &PointerBuf::new(), &mut ops);
+        assert!(
+            serde_json::to_string(&ops)
+                .unwrap()
+                .contains(r#""op":"move""#)
+        );
+        let mut doc = from.clone();
+        json_patch::patch(&mut doc, &ops).unwrap();
+        assert_eq!(doc, swapped);
+    }
+
+    fn tree() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (0i64..4).prop_map(|i| json!(i)),
+            prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                // Named items, as in containers and env.
+                prop::collection::btree_map(
+                    prop_oneof![Just("x"), Just("y"), Just("z"), Just("w")],
+                    inner.clone(),
+                    0..4
+                )
+                .prop_map(|m| Value::Array(
+                    m.into_iter()
+                        .map(|(k, v)| json!({"name": k, "value": v}))
+                        .collect()
+                )),
+                prop::collection::btree_map(
+                    prop_oneof![Just("name"), Just("k"), Just("value"), Just("env")]
+                        .prop_map(String::from),
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_guarded_diff_turns_from_into_to(from in tree(), to in tree(), shuffle in proptest::prelude::any::<bool>()) {
+            let to = if shuffle {
+                // Same named items in another order.
+                match &from { Value::Array(a) => Value::Array(a.iter().rev().cloned().collect()), _ => to }
+            } else { to };
+            let mut ops = vec![];
+            guarded_diff(&from, &to, &PointerBuf::new(), &mut ops);
+            let mut doc = from.clone();
+            json_patch::patch(&mut doc, &ops).unwrap();
+            proptest::prop_assert_eq!(doc, to);
+        }
+
+        #[test]
+        fn an_intent_never_applies_onto_a_changed_value(v in tree()) {
+            // Whatever a replace/remove expects is tested first: changing
+            // that value makes the whole patch fail, never half apply.
+            let from = json!({"spec": {"a": v.clone(), "b": 1}});
+            let to = json!({"spec": {"a": "new", "b": 1}});
+            let rec = Record { intent: intent(CalicoKind::IpPool, &from, &to), since: Timestamp::UNIX_EPOCH, reason: String::new() };
+            if v != json!("new") {
+                let changed = json!({"spec": {"a": [v, 1], "b": 1}});
+                proptest::prop_assert!(released(&changed, &rec, "release").is_err());
+            }
+        }
     }
 }

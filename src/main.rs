@@ -7,7 +7,7 @@ use overlay_switch_webhook::{certs, serve, status, webhook_config};
 /// Holds Calico's switch from an overlay to native routing until every node
 /// has its cloud route.
 #[derive(Debug, Parser)]
-#[command(name = "overlay-switch-webhook", version)]
+#[command(name = "overlay-switch-webhook", version, args_override_self = true)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "json", env = "OSW_LOG_FORMAT")]

@@ -72,6 +72,7 @@ pub struct Server {
 impl Server {
     /// Starts `serve` with the given kubeconfig and extra flags; waits for /healthz.
     pub fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
         let certs = dir.join("certs");
         let out = Command::new(BIN)
             .args(["certs", "--out-dir"])

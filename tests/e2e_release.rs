@@ -1,0 +1,413 @@
+//! Release end to end, with real applies on a real kube-apiserver: held
+//! switches complete by themselves once every node has its route; operators
+//! can cancel, force and see what is held.
+
+mod controlplane;
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use e2e_support::*;
+
+const OVERLAY: [&str; 3] = [
+    "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
+    "gardener-calico/overlay-ipip/daemonset-calico-node.yaml",
+    "gardener-calico/overlay-ipip/ippool-default-ipv4.yaml",
+];
+const NATIVE: [&str; 3] = [
+    "gardener-calico/native/configmap-calico-config.yaml",
+    "gardener-calico/native/ippool-default-ipv4.yaml",
+    "gardener-calico/native/daemonset-calico-node.yaml",
+];
+const CANCEL: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-cancel";
+const FORCE: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-force";
+const SA: &str = "system:serviceaccount:overlay-switch-webhook:overlay-switch-webhook";
+
+/// The control plane with manifests/ applied for real (namespace, SA, RBAC),
+/// and our server running as that ServiceAccount, so the RBAC is proven
+/// sufficient by use.
+fn start_as_service_account(extra: &[&str]) -> Env {
+    let cp = controlplane::ControlPlane::start().expect("control plane");
+    for f in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
+        cp.kubectl_ok(
+            &["apply", "-f", repo("manifests").join(f).to_str().unwrap()],
+            None,
+        )
+        .unwrap();
+    }
+    let token = cp
+        .kubectl_ok(
+            &[
+                "-n",
+                "overlay-switch-webhook",
+                "create",
+                "token",
+                "overlay-switch-webhook",
+                "--duration=2h",
+            ],
+            None,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig_with_token(&cp, dir.path(), "webhook", token.trim());
+    let server = Server::start(dir.path(), &kubeconfig, extra);
+    let env = Env { server, cp, dir };
+    env.register_webhook();
+    env
+}
+
+fn setup(extra: &[&str]) -> Env {
+    let env = start_as_service_account(extra);
+    env.install_ippool_crd();
+    env.create(&OVERLAY);
+    env.add_node("node-a", Cond::Routed);
+    env.add_node("node-b", Cond::Routed);
+    env.add_node("node-c", Cond::None);
+    env.server.wait_ready();
+    env.wait_webhook_active();
+    env.wait_nodes(3, 2);
+    env.set_guard(true);
+    env
+}
+
+fn apply_native(env: &Env) {
+    for f in NATIVE {
+        let (ok, _, err) = env.apply(f, &[]);
+        assert!(ok, "{f}: {err}");
+        assert!(err.contains("overlay switch held"), "{f} not held: {err}");
+    }
+}
+
+fn ds(env: &Env) -> serde_json::Value {
+    env.get_json(&["-n", "kube-system", "daemonset", "calico-node"])
+}
+
+fn has_record(obj: &serde_json::Value) -> bool {
+    obj.pointer("/metadata/annotations")
+        .and_then(|a| a.as_object())
+        .is_some_and(|a| a.contains_key(INTENT))
+}
+
+fn records(env: &Env) -> usize {
+    [
+        env.get_json(&["-n", "kube-system", "configmap", "calico-config"]),
+        env.get_json(&["ippool", "default-ipv4-ippool"]),
+        ds(env),
+    ]
+    .iter()
+    .filter(|o| has_record(o))
+    .count()
+}
+
+fn native_everywhere(env: &Env) -> bool {
+    env.get(
+        &["-n", "kube-system", "configmap", "calico-config"],
+        "{.data.calico_backend}",
+    ) == "none"
+        && env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}") == "Never"
+        && env_value(&ds(env), "CALICO_IPV4POOL_IPIP").as_deref() == Some("Never")
+        && records(env) == 0
+}
+
+fn events(env: &Env, ns: &str, name: &str) -> String {
+    env.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+        "--no-headers",
+    ])
+}
+
+fn status(env: &Env, extra: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--kubeconfig"])
+        .arg(env.cp.kubeconfig())
+        .args(["--settle-time", "0s"])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn held_switches_are_released_by_themselves_in_a_safe_order_once_every_node_has_its_route() {
+    let env = setup(&["--settle-time", "1s"]);
+    apply_native(&env);
+    assert_eq!(records(&env), 3, "all three objects held");
+    assert_eq!(
+        env_value(&ds(&env), "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always")
+    );
+
+    // status: exit 1 while held, with the node table and the held objects.
+    let (code, text) = status(&env, &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("node-c") && text.contains("no NetworkUnavailable condition"),
+        "{text}"
+    );
+    assert!(text.contains("DaemonSet kube-system/calico-node"), "{text}");
+    let (_, json) = status(&env, &["--output", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["held"].as_array().unwrap().len(), 3);
+    assert_eq!(json["gateOpen"], false);
+    assert_eq!(json["nodesWithRoute"], 2);
+
+    // The last route appears: everything switches, no record remains.
+    let t = Instant::now();
+    env.set_node("node-c", Cond::Routed);
+    eventually("release to native", Duration::from_secs(30), || {
+        native_everywhere(&env).then_some(())
+    });
+    eprintln!(
+        "released {:?} after the last RouteCreated (settle 1s)",
+        t.elapsed()
+    );
+
+    // In the order ConfigMap, IPPools, DaemonSet.
+    let log = env.server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("held overlay switches released"))
+        .unwrap_or_else(|| panic!("no release log line:\n{log}"));
+    let (cm, pool, d) = (
+        line.find("ConfigMap kube-system/calico-config").unwrap(),
+        line.find("IPPool default-ipv4-ippool").unwrap(),
+        line.find("DaemonSet kube-system/calico-node").unwrap(),
+    );
+    assert!(cm < pool && pool < d, "order: {line}");
+    // The native template is complete (the cleanup init container came with it).
+    assert!(ds(&env).to_string().contains("cleanup-routes"));
+
+    // Events, visible to kubectl describe.
+    let ev = events(&env, "kube-system", "calico-node");
+    assert!(ev.contains("OverlaySwitchHeld"), "{ev}");
+    assert!(ev.contains("OverlaySwitchReleased"), "{ev}");
+    let describe = env.kubectl(&["-n", "kube-system", "describe", "daemonset", "calico-node"]);
+    assert!(describe.contains("OverlaySwitchReleased"), "{describe}");
+    assert_eq!(
+        env.server
+            .metric("overlay_switch_releases_total{kind=\"DaemonSet\"}"),
+        1.0
+    );
+
+    let (code, text) = status(&env, &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("held:   nothing"), "{text}");
+}
+
+#[test]
+fn a_change_made_while_held_is_kept_by_the_release() {
+    let env = setup(&[]);
+    apply_native(&env);
+    let (ok, _, err) = env.kubectl_raw(&[
+        "-n",
+        "kube-system",
+        "set",
+        "image",
+        "daemonset/calico-node",
+        "calico-node=quay.io/calico/node:v3.31.7",
+    ]);
+    assert!(ok && err.contains("overlay switch pending"), "{err}");
+    let (ok, _, err) = env.kubectl_raw(&[
+        "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",
+        r#"[{"op":"replace","path":"/spec/template/spec/containers/1/resources/requests/cpu","value":"333m"}]"#,
+    ]);
+    assert!(ok, "{err}");
+    env.set_node("node-c", Cond::Routed);
+    eventually("release to native", Duration::from_secs(30), || {
+        native_everywhere(&env).then_some(())
+    });
+    let d = ds(&env);
+    let c = d
+        .pointer("/spec/template/spec/containers")
+        .unwrap()
+        .as_array()
+        .unwrap();
+    let node = c.iter().find(|c| c["name"] == "calico-node").unwrap();
+    assert_eq!(
+        node["image"], "quay.io/calico/node:v3.31.7",
+        "image bump kept"
+    );
+    assert_eq!(
+        node["resources"]["requests"]["cpu"], "333m",
+        "resources kept"
+    );
+    assert_eq!(
+        env_value(&d, "FELIX_IPINIPENABLED").as_deref(),
+        Some("false")
+    );
+}
+
+#[test]
+fn cancel_removes_every_record_and_force_releases_despite_a_blocking_node() {
+    let env = setup(&[]);
+    apply_native(&env);
+    env.kubectl(&[
+        "annotate",
+        "namespace",
+        "kube-system",
+        &format!("{CANCEL}=true"),
+    ]);
+    eventually("records cancelled", Duration::from_secs(20), || {
+        (records(&env) == 0).then_some(())
+    });
+    eventually("cancel annotation removed", Duration::from_secs(10), || {
+        (env.get(&["namespace", "kube-system"], "{.metadata.annotations}")
+            .contains("overlay-switch-cancel")
+            == false)
+            .then_some(())
+    });
+    assert_eq!(
+        env_value(&ds(&env), "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always"),
+        "overlay stays"
+    );
+    assert!(events(&env, "kube-system", "calico-node").contains("OverlaySwitchCancelled"));
+    assert!(
+        env.server
+            .log_text()
+            .contains("overlay switch cancel honoured")
+    );
+
+    // Held again, then forced through although node-c still has no route.
+    apply_native(&env);
+    assert_eq!(records(&env), 3);
+    env.kubectl(&[
+        "annotate",
+        "namespace",
+        "kube-system",
+        &format!("{FORCE}=true"),
+    ]);
+    eventually("forced release", Duration::from_secs(30), || {
+        native_everywhere(&env).then_some(())
+    });
+    eventually("force annotation removed", Duration::from_secs(10), || {
+        (!env
+            .get(&["namespace", "kube-system"], "{.metadata.annotations}")
+            .contains("overlay-switch-force"))
+        .then_some(())
+    });
+    assert!(
+        env.server
+            .log_text()
+            .contains("release forced by the operator")
+    );
+}
+
+#[test]
+fn a_recorded_change_that_no_longer_applies_is_reported_not_forced() {
+    let env = setup(&[]);
+    for f in NATIVE {
+        let (ok, _, err) = env.apply(f, &[]);
+        assert!(ok, "{err}");
+    }
+    // While held, someone inserts an env var at the top of calico-node's env:
+    // not a switch, so it goes through, but the recorded change's positions
+    // no longer fit.
+    let (ok, _, err) = env.kubectl_raw(&[
+        "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",
+        r#"[{"op":"add","path":"/spec/template/spec/containers/1/env/0","value":{"name":"EXTRA","value":"1"}}]"#,
+    ]);
+    assert!(ok && err.contains("overlay switch pending"), "{err}");
+    env.set_node("node-c", Cond::Routed);
+    eventually("conflict reported", Duration::from_secs(30), || {
+        (env.server
+            .metric("overlay_switch_release_conflicts_total{kind=\"DaemonSet\"}")
+            >= 1.0)
+            .then_some(())
+    });
+    // The ConfigMap and IPPool were released; the DaemonSet was not forced.
+    eventually("others released", Duration::from_secs(10), || {
+        (env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}") == "Never").then_some(())
+    });
+    let d = ds(&env);
+    assert!(has_record(&d), "record kept");
+    assert_eq!(
+        env_value(&d, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always")
+    );
+    assert_eq!(env_value(&d, "EXTRA").as_deref(), Some("1"));
+    eventually("conflict event", Duration::from_secs(10), || {
+        events(&env, "kube-system", "calico-node")
+            .contains("OverlaySwitchConflict")
+            .then_some(())
+    });
+    let (code, text) = status(&env, &[]);
+    assert_eq!(code, 1);
+    assert!(text.contains("CONFLICT"), "{text}");
+}
+
+#[test]
+fn two_replicas_release_once_with_one_consistent_result() {
+    let env = setup(&["--settle-time", "1s"]);
+    let second = Server::start(
+        &env.dir.path().join("second"),
+        &env.dir.path().join("webhook.kubeconfig"),
+        &["--settle-time", "1s"],
+    );
+    second.wait_ready();
+    apply_native(&env);
+    env.set_node("node-c", Cond::Routed);
+    eventually("release to native", Duration::from_secs(30), || {
+        native_everywhere(&env).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2)); // let both settle
+    assert!(native_everywhere(&env));
+    for kind in ["ConfigMap", "IPPool", "DaemonSet"] {
+        let total = env
+            .server
+            .metric(&format!("overlay_switch_releases_total{{kind=\"{kind}\"}}"))
+            + second.metric(&format!("overlay_switch_releases_total{{kind=\"{kind}\"}}"));
+        assert_eq!(
+            total, 1.0,
+            "{kind} released exactly once across both replicas"
+        );
+    }
+    let released = events(&env, "kube-system", "calico-node")
+        .lines()
+        .filter(|l| l.starts_with("OverlaySwitchReleased"))
+        .count();
+    assert_eq!(released, 1);
+}
+
+#[test]
+fn the_service_account_may_do_exactly_what_the_release_needs() {
+    let env = start_as_service_account(&["--release=false"]);
+    env.install_ippool_crd();
+    let can = |args: &[&str]| -> bool {
+        let mut a = vec!["auth", "can-i"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--as", SA]);
+        env.kubectl_raw(&a).1.trim() == "yes"
+    };
+    for allowed in [
+        &["watch", "nodes"][..],
+        &["list", "namespaces"],
+        &["patch", "namespaces"],
+        &["update", "daemonsets.apps", "-n", "kube-system"],
+        &["update", "configmaps", "-n", "kube-system"],
+        &["update", "ippools.crd.projectcalico.org"],
+        &["create", "events.events.k8s.io", "-n", "kube-system"],
+    ] {
+        assert!(can(allowed), "should be allowed: {allowed:?}");
+    }
+    for denied in [
+        &["update", "nodes"][..],
+        &["delete", "daemonsets.apps", "-n", "kube-system"],
+        &["update", "deployments.apps", "-n", "kube-system"],
+        &["get", "secrets", "-n", "kube-system"],
+        &["create", "configmaps", "-n", "kube-system"],
+        &["delete", "ippools.crd.projectcalico.org"],
+    ] {
+        assert!(!can(denied), "should be denied: {denied:?}");
+    }
+}
