@@ -261,10 +261,10 @@ fn cancel_removes_every_record_and_force_releases_despite_a_blocking_node() {
         (records(&env) == 0).then_some(())
     });
     eventually("cancel annotation removed", Duration::from_secs(10), || {
-        (env.get(&["namespace", "kube-system"], "{.metadata.annotations}")
-            .contains("overlay-switch-cancel")
-            == false)
-            .then_some(())
+        (!env
+            .get(&["namespace", "kube-system"], "{.metadata.annotations}")
+            .contains("overlay-switch-cancel"))
+        .then_some(())
     });
     assert_eq!(
         env_value(&ds(&env), "CALICO_IPV4POOL_IPIP").as_deref(),
