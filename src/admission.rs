@@ -50,21 +50,32 @@ pub enum DecodeError {
     Version(String),
     #[error("the request has no uid")]
     NoUid,
+    #[error("request.{0} is not a JSON object")]
+    NotAnObject(&'static str),
 }
 
 /// Decodes a review body. The uid of a bad review is kept where it can be
 /// read, so that the API server can match the error response.
 pub fn decode(body: &[u8]) -> Result<Review, (Option<String>, DecodeError)> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
-        let uid = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-            v.pointer("/request/uid")
-                .and_then(Value::as_str)
-                .map(String::from)
-        });
-        (uid, DecodeError::Json(e))
-    })?;
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| (None, DecodeError::Json(e)))?;
+    let uid = value
+        .pointer("/request/uid")
+        .and_then(Value::as_str)
+        .map(String::from);
+    // The objects are taken out as JSON, as the pure code reads them; only
+    // the small rest goes through the typed kube-rs request.
+    let mut take = |p: &str| {
+        value
+            .pointer_mut(p)
+            .map(Value::take)
+            .filter(|v| !v.is_null())
+    };
+    let object = take("/request/object");
+    let old_object = take("/request/oldObject");
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_value(value).map_err(|e| (uid.clone(), DecodeError::Json(e)))?;
     if review.types.api_version != "admission.k8s.io/v1" {
-        let uid = review.request.as_ref().map(|r| r.uid.clone());
         return Err((uid, DecodeError::Version(review.types.api_version)));
     }
     let request: AdmissionRequest<DynamicObject> = review
@@ -73,13 +84,14 @@ pub fn decode(body: &[u8]) -> Result<Review, (Option<String>, DecodeError)> {
     if request.uid.is_empty() {
         return Err((None, DecodeError::NoUid));
     }
-    let to_value = |o: &Option<DynamicObject>| {
-        o.as_ref()
-            .map(|o| serde_json::to_value(o).expect("a decoded object encodes"))
-    };
+    for (name, o) in [("object", &object), ("oldObject", &old_object)] {
+        if o.as_ref().is_some_and(|o| !o.is_object()) {
+            return Err((uid, DecodeError::NotAnObject(name)));
+        }
+    }
     Ok(Review {
-        object: to_value(&request.object),
-        old_object: to_value(&request.old_object),
+        object,
+        old_object,
         request,
     })
 }
@@ -95,6 +107,85 @@ pub fn error_response(uid: Option<String>, message: &str) -> AdmissionResponse {
     resp
 }
 
+/// Encodes the response review. The patch goes out as base64, as the API
+/// documents `[]byte` (kube-rs would write a JSON array of numbers, which
+/// the API server also accepts, at about four times the size).
 pub fn encode(resp: AdmissionResponse) -> Vec<u8> {
-    serde_json::to_vec(&resp.into_review()).expect("an AdmissionReview encodes")
+    use base64::Engine as _;
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Out<'a> {
+        api_version: &'a str,
+        kind: &'a str,
+        response: Response<'a>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Response<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: &'a kube::core::Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+        audit_annotations: &'a std::collections::HashMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warnings: Option<&'a Vec<String>>,
+    }
+    let patch = resp
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let out = Out {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        response: Response {
+            uid: &resp.uid,
+            allowed: resp.allowed,
+            status: &resp.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &resp.audit_annotations,
+            warnings: resp.warnings.as_ref(),
+        },
+    };
+    serde_json::to_vec(&out).expect("an AdmissionReview encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_goes_out_as_base64_json_patch() {
+        let review = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"ConfigMap"},"resource":{"group":"","version":"v1","resource":"configmaps"},"name":"c","namespace":"kube-system","operation":"UPDATE","userInfo":{},"object":{"metadata":{"name":"c"}},"oldObject":{"metadata":{"name":"c"}}}}"#;
+        let r = decode(review).unwrap();
+        assert_eq!(r.object.as_ref().unwrap()["metadata"]["name"], "c");
+        let patch: json_patch::Patch =
+            serde_json::from_str(r#"[{"op":"add","path":"/a","value":1}]"#).unwrap();
+        let resp = AdmissionResponse::from(&r.request)
+            .with_patch(patch)
+            .unwrap();
+        let out: Value = serde_json::from_slice(&encode(resp)).unwrap();
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(out["response"]["uid"], "u-1");
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(out["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(bytes, br#"[{"op":"add","path":"/a","value":1}]"#);
+    }
+
+    #[test]
+    fn objects_that_are_not_objects_are_refused() {
+        let review = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-2","kind":{"group":"","version":"v1","kind":"ConfigMap"},"resource":{"group":"","version":"v1","resource":"configmaps"},"name":"c","operation":"UPDATE","userInfo":{},"object":[1,2]}}"#;
+        let (uid, err) = decode(review).unwrap_err();
+        assert_eq!(uid.as_deref(), Some("u-2"));
+        assert!(matches!(err, DecodeError::NotAnObject("object")));
+    }
 }

@@ -1,0 +1,166 @@
+//! `make bench`: how long after the last node's RouteCreated the calico-node
+//! DaemonSet holds the native template, on a real control plane (median of
+//! several runs). Baseline, same run: how long a plain update of the same
+//! DaemonSet takes to be seen by the same poller (API server + webhook +
+//! measuring overhead). Figures: delay, delay minus settle time, and that
+//! excess as a ratio of the baseline.
+
+#[path = "../tests/controlplane/mod.rs"]
+mod controlplane;
+#[path = "../tests/e2e_support/mod.rs"]
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use e2e_support::*;
+use k8s_openapi::api::apps::v1::DaemonSet;
+
+const RUNS: usize = 7;
+const SETTLE: &str = "1s";
+const SETTLE_SECS: f64 = 1.0;
+
+fn ipip(ds: &DaemonSet) -> Option<String> {
+    ds.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == "calico-node")?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == "CALICO_IPV4POOL_IPIP")?
+        .value
+        .clone()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let env = Env::start(&["--settle-time", SETTLE]);
+    env.install_ippool_crd();
+    for f in [
+        "configmap-calico-config",
+        "daemonset-calico-node",
+        "ippool-default-ipv4",
+    ] {
+        env.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            fixture(&format!("gardener-calico/overlay-ipip/{f}.yaml"))
+                .to_str()
+                .unwrap(),
+        ]);
+    }
+    env.add_node("node-a", Cond::Routed);
+    env.add_node("node-b", Cond::Routed);
+    env.add_node("node-c", Cond::None);
+    env.server.wait_ready();
+    env.wait_webhook_active();
+    env.wait_nodes(3, 2);
+    env.set_guard(true);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(env.cp.client()).unwrap();
+    let api: kube::Api<DaemonSet> = kube::Api::namespaced(client, "kube-system");
+    let poll_until = |pred: &dyn Fn(&DaemonSet) -> bool| -> Instant {
+        rt.block_on(async {
+            let limit = Instant::now() + Duration::from_secs(30);
+            loop {
+                let ds = api.get("calico-node").await.unwrap();
+                if pred(&ds) {
+                    return Instant::now();
+                }
+                assert!(Instant::now() < limit, "timed out");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let (mut delays, mut baselines) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        // Baseline: a plain, unrelated update, seen by the same poller.
+        let mark = format!("run-{i}");
+        let t = Instant::now();
+        env.kubectl(&[
+            "-n",
+            "kube-system",
+            "annotate",
+            "daemonset",
+            "calico-node",
+            &format!("bench={mark}"),
+            "--overwrite",
+        ]);
+        let seen = poll_until(&|ds| {
+            ds.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("bench"))
+                == Some(&mark)
+        });
+        baselines.push((seen - t).as_secs_f64());
+
+        // Held switch, then the last route.
+        for f in [
+            "configmap-calico-config",
+            "ippool-default-ipv4",
+            "daemonset-calico-node",
+        ] {
+            let (ok, _, err) = env.apply(
+                &format!("gardener-calico/native/{f}.yaml"),
+                &["--server-side", "--force-conflicts"],
+            );
+            assert!(ok && err.contains("overlay switch held"), "{err}");
+        }
+        let t = Instant::now();
+        env.set_node("node-c", Cond::Routed);
+        let done = poll_until(&|ds| ipip(ds).as_deref() == Some("Never"));
+        delays.push((done - t).as_secs_f64());
+
+        // Back to overlay (a rollback passes), node-c without route again.
+        env.set_node("node-c", Cond::None);
+        env.wait_nodes(3, 2);
+        for f in [
+            "configmap-calico-config",
+            "ippool-default-ipv4",
+            "daemonset-calico-node",
+        ] {
+            let (ok, _, err) = env.apply(
+                &format!("gardener-calico/overlay-ipip/{f}.yaml"),
+                &["--server-side", "--force-conflicts"],
+            );
+            assert!(ok, "{err}");
+        }
+    }
+    let (d, b) = (median(&mut delays), median(&mut baselines));
+    println!(
+        "release delay, last RouteCreated -> DaemonSet native ({RUNS} runs, settle time {SETTLE}):"
+    );
+    println!(
+        "  median {:.0} ms (min {:.0}, max {:.0})",
+        d * 1e3,
+        delays[0] * 1e3,
+        delays[RUNS - 1] * 1e3
+    );
+    println!(
+        "  median beyond the settle time: {:.0} ms",
+        (d - SETTLE_SECS) * 1e3
+    );
+    println!(
+        "baseline, plain update seen by the same poller: median {:.0} ms",
+        b * 1e3
+    );
+    println!(
+        "ratio (delay - settle) / baseline: {:.2}x",
+        (d - SETTLE_SECS) / b
+    );
+}
