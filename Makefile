@@ -22,7 +22,7 @@ controlplane:
 
 ## Everything: unit, property, integration and e2e tests.
 test: controlplane
-	$(CARGO) test --all-targets -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --lib --bins --tests -- --test-threads=$(TEST_THREADS)
 
 ## Unit and property tests only (no control plane).
 unit:
