@@ -43,28 +43,14 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let env = Env::start(&["--settle-time", SETTLE]);
-    env.install_ippool_crd();
-    for f in [
-        "configmap-calico-config",
-        "daemonset-calico-node",
-        "ippool-default-ipv4",
-    ] {
-        env.kubectl(&[
-            "apply",
-            "--server-side",
-            "-f",
-            fixture(&format!("gardener-calico/overlay-ipip/{f}.yaml"))
-                .to_str()
-                .unwrap(),
-        ]);
-    }
-    env.add_node("node-a", Cond::Routed);
-    env.add_node("node-b", Cond::Routed);
-    env.add_node("node-c", Cond::None);
-    env.server.wait_ready();
-    env.wait_webhook_active();
-    env.wait_nodes(3, 2);
-    env.set_guard(true);
+    env.calico_cluster(
+        &[
+            ("node-a", Cond::Routed),
+            ("node-b", Cond::Routed),
+            ("node-c", Cond::None),
+        ],
+        true,
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

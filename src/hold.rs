@@ -167,13 +167,7 @@ pub fn guarded_diff(from: &Value, to: &Value, path: &PointerBuf, ops: &mut Vec<P
         (Value::Object(f), Value::Object(t)) => {
             for (k, v) in f {
                 if !t.contains_key(k) {
-                    let p = path.with_trailing_token(k);
-                    test_then(
-                        ops,
-                        &p,
-                        v,
-                        PatchOperation::Remove(RemoveOperation { path: p.clone() }),
-                    );
+                    guarded_remove(ops, path.with_trailing_token(k), v);
                 }
             }
             for (k, v) in t {
@@ -195,13 +189,7 @@ pub fn guarded_diff(from: &Value, to: &Value, path: &PointerBuf, ops: &mut Vec<P
                     guarded_diff(&f[i], &t[i], &path.with_trailing_token(i.to_string()), ops);
                 }
                 for i in (common..f.len()).rev() {
-                    let p = path.with_trailing_token(i.to_string());
-                    test_then(
-                        ops,
-                        &p,
-                        &f[i],
-                        PatchOperation::Remove(RemoveOperation { path: p.clone() }),
-                    );
+                    guarded_remove(ops, path.with_trailing_token(i.to_string()), &f[i]);
                 }
                 for (i, v) in t.iter().enumerate().skip(common) {
                     ops.push(PatchOperation::Add(AddOperation {
@@ -222,6 +210,12 @@ pub fn guarded_diff(from: &Value, to: &Value, path: &PointerBuf, ops: &mut Vec<P
             }),
         ),
     }
+}
+
+/// `test` then `remove` of `expected` at `path`.
+fn guarded_remove(ops: &mut Vec<PatchOperation>, path: PointerBuf, expected: &Value) {
+    let op = PatchOperation::Remove(RemoveOperation { path: path.clone() });
+    test_then(ops, &path, expected, op);
 }
 
 fn test_then(
@@ -269,13 +263,7 @@ fn keyed_list_diff(
     // Removals, from the end so that earlier indices stay valid.
     for i in (0..f.len()).rev() {
         if !wanted.contains(&name(&f[i])) {
-            let p = path.with_trailing_token(i.to_string());
-            test_then(
-                ops,
-                &p,
-                &f[i],
-                PatchOperation::Remove(RemoveOperation { path: p.clone() }),
-            );
+            guarded_remove(ops, path.with_trailing_token(i.to_string()), &f[i]);
         }
     }
     // What is left, in its order; then bring each wanted item to its place.

@@ -8,32 +8,11 @@ use std::time::Duration;
 
 use e2e_support::*;
 
-const OVERLAY: [&str; 3] = [
-    "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
-    "gardener-calico/overlay-ipip/daemonset-calico-node.yaml",
-    "gardener-calico/overlay-ipip/ippool-default-ipv4.yaml",
-];
-const NATIVE_CM: &str = "gardener-calico/native/configmap-calico-config.yaml";
-const NATIVE_DS: &str = "gardener-calico/native/daemonset-calico-node.yaml";
-const NATIVE_POOL: &str = "gardener-calico/native/ippool-default-ipv4.yaml";
-
 /// Control plane, server (release off: this file is about the gate),
 /// IPPool CRD, the overlay objects, and the given nodes.
 fn setup(nodes: &[(&str, Cond<'_>)], guard: bool) -> Env {
     let env = Env::start(&["--release=false"]);
-    env.install_ippool_crd();
-    env.create(&OVERLAY);
-    for (name, cond) in nodes {
-        env.add_node(name, *cond);
-    }
-    env.server.wait_ready();
-    env.wait_webhook_active();
-    let with_route = nodes
-        .iter()
-        .filter(|(_, c)| matches!(c, Cond::Routed))
-        .count();
-    env.wait_nodes(nodes.len(), with_route);
-    env.set_guard(guard);
+    env.calico_cluster(nodes, guard);
     env
 }
 
@@ -256,14 +235,7 @@ fn real_applies_record_the_intent_and_let_other_updates_through() {
     assert_eq!(env.reviews("DaemonSet", "Held", false), 1.0);
 
     // An image bump goes through, keeps the record, and says a switch is pending.
-    let (ok, _, err) = env.kubectl_raw(&[
-        "-n",
-        "kube-system",
-        "set",
-        "image",
-        "daemonset/calico-node",
-        "calico-node=quay.io/calico/node:v3.31.7",
-    ]);
+    let (ok, err) = env.set_calico_node_image("quay.io/calico/node:v3.31.7");
     assert!(ok, "{err}");
     assert!(err.contains("overlay switch pending since"), "{err}");
     let ds = env.get_json(&["-n", "kube-system", "daemonset", "calico-node"]);

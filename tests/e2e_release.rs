@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 
 use e2e_support::*;
 
-const OVERLAY: [&str; 3] = [
-    "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
-    "gardener-calico/overlay-ipip/daemonset-calico-node.yaml",
-    "gardener-calico/overlay-ipip/ippool-default-ipv4.yaml",
-];
-const NATIVE: [&str; 3] = [
-    "gardener-calico/native/configmap-calico-config.yaml",
-    "gardener-calico/native/ippool-default-ipv4.yaml",
-    "gardener-calico/native/daemonset-calico-node.yaml",
-];
 const CANCEL: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-cancel";
 const FORCE: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-force";
 const SA: &str = "system:serviceaccount:overlay-switch-webhook:overlay-switch-webhook";
@@ -58,15 +48,14 @@ fn start_as_service_account(extra: &[&str]) -> Env {
 
 fn setup(extra: &[&str]) -> Env {
     let env = start_as_service_account(extra);
-    env.install_ippool_crd();
-    env.create(&OVERLAY);
-    env.add_node("node-a", Cond::Routed);
-    env.add_node("node-b", Cond::Routed);
-    env.add_node("node-c", Cond::None);
-    env.server.wait_ready();
-    env.wait_webhook_active();
-    env.wait_nodes(3, 2);
-    env.set_guard(true);
+    env.calico_cluster(
+        &[
+            ("node-a", Cond::Routed),
+            ("node-b", Cond::Routed),
+            ("node-c", Cond::None),
+        ],
+        true,
+    );
     env
 }
 
@@ -208,14 +197,7 @@ fn held_switches_are_released_by_themselves_in_a_safe_order_once_every_node_has_
 fn a_change_made_while_held_is_kept_by_the_release() {
     let env = setup(&[]);
     apply_native(&env);
-    let (ok, _, err) = env.kubectl_raw(&[
-        "-n",
-        "kube-system",
-        "set",
-        "image",
-        "daemonset/calico-node",
-        "calico-node=quay.io/calico/node:v3.31.7",
-    ]);
+    let (ok, err) = env.set_calico_node_image("quay.io/calico/node:v3.31.7");
     assert!(ok && err.contains("overlay switch pending"), "{err}");
     let (ok, _, err) = env.kubectl_raw(&[
         "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",

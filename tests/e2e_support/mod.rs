@@ -16,6 +16,18 @@ pub const GUARD: &str = "calico.networking.extensions.gardener.cloud/seamless-ov
 pub const INTENT: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-held-intent";
 pub const SINCE: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-held-since";
 
+/// Gardener's overlay (IPIP) Calico objects, and their native variants in
+/// release order.
+pub const OVERLAY: [&str; 3] = [
+    "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
+    "gardener-calico/overlay-ipip/daemonset-calico-node.yaml",
+    "gardener-calico/overlay-ipip/ippool-default-ipv4.yaml",
+];
+pub const NATIVE_CM: &str = "gardener-calico/native/configmap-calico-config.yaml";
+pub const NATIVE_DS: &str = "gardener-calico/native/daemonset-calico-node.yaml";
+pub const NATIVE_POOL: &str = "gardener-calico/native/ippool-default-ipv4.yaml";
+pub const NATIVE: [&str; 3] = [NATIVE_CM, NATIVE_POOL, NATIVE_DS];
+
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -263,6 +275,38 @@ impl Env {
             &["apply", "-f", "-"],
             &String::from_utf8(out.stdout).unwrap(),
         );
+    }
+
+    /// The IPPool CRD, the overlay Calico objects and the given nodes;
+    /// waits until the server is ready, called by the API server, sees the
+    /// nodes, and has the guard as asked.
+    pub fn calico_cluster(&self, nodes: &[(&str, Cond<'_>)], guard: bool) {
+        self.install_ippool_crd();
+        self.create(&OVERLAY);
+        for (name, cond) in nodes {
+            self.add_node(name, *cond);
+        }
+        self.server.wait_ready();
+        self.wait_webhook_active();
+        let routed = nodes
+            .iter()
+            .filter(|(_, c)| matches!(c, Cond::Routed))
+            .count();
+        self.wait_nodes(nodes.len(), routed);
+        self.set_guard(guard);
+    }
+
+    /// `kubectl set image` on calico-node's container; (success, stderr).
+    pub fn set_calico_node_image(&self, image: &str) -> (bool, String) {
+        let (ok, _, err) = self.kubectl_raw(&[
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            "daemonset/calico-node",
+            &format!("calico-node={image}"),
+        ]);
+        (ok, err)
     }
 
     pub fn install_ippool_crd(&self) {
