@@ -64,11 +64,47 @@ pub fn reference(key: &ObjectKey, uid: Option<String>) -> ObjectReference {
 /// When, and with which note, each (object, reason) was last published.
 type LastPublished = HashMap<(ObjectKey, String), (Instant, String)>;
 
+/// Keeps a reconciler that re-applies every minute from flooding events:
+/// the same reason with the same note for the same object is published at
+/// most once per interval. Pure, apart from the times it is given.
+#[derive(Debug, Default)]
+pub struct EventLimiter {
+    last: LastPublished,
+}
+
+impl EventLimiter {
+    /// Entries kept before old ones are dropped.
+    const MAX_ENTRIES: usize = 4096;
+
+    pub fn allow(
+        &mut self,
+        key: &ObjectKey,
+        reason: &str,
+        note: &str,
+        interval: Duration,
+        now: Instant,
+    ) -> bool {
+        let k = (key.clone(), reason.to_string());
+        if let Some((at, prev)) = self.last.get(&k)
+            && now.duration_since(*at) < interval
+            && prev == note
+        {
+            return false;
+        }
+        if self.last.len() >= Self::MAX_ENTRIES {
+            self.last
+                .retain(|_, (at, _)| now.duration_since(*at) < HELD_EVENT_INTERVAL);
+        }
+        self.last.insert(k, (now, note.to_string()));
+        true
+    }
+}
+
 /// Events on Calico objects, rate-limited per object and reason.
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
-    last: Arc<Mutex<LastPublished>>,
+    limiter: Arc<Mutex<EventLimiter>>,
 }
 
 impl Events {
@@ -81,7 +117,7 @@ impl Events {
                     instance,
                 },
             ),
-            last: Default::default(),
+            limiter: Default::default(),
         }
     }
 
@@ -97,15 +133,10 @@ impl Events {
         interval: Duration,
     ) {
         {
-            let mut last = self.last.lock().expect("events lock");
-            let k = (key.clone(), reason.to_string());
-            if let Some((at, prev)) = last.get(&k)
-                && at.elapsed() < interval
-                && *prev == note
-            {
+            let mut limiter = self.limiter.lock().expect("events lock");
+            if !limiter.allow(key, reason, &note, interval, Instant::now()) {
                 return;
             }
-            last.insert(k, (Instant::now(), note.clone()));
         }
         let ev = Event {
             type_,
@@ -120,12 +151,23 @@ impl Events {
     }
 }
 
+fn released_note(held_secs: i64, forced: Option<&str>) -> String {
+    match forced {
+        None => format!("held overlay switch applied after {held_secs}s"),
+        Some(why) => format!(
+            "held overlay switch applied after {held_secs}s, forced by the operator although {why}"
+        ),
+    }
+}
+
 /// What one pass did, for logs and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
     pub released: Vec<String>,
     pub cancelled: Vec<String>,
     pub conflicts: Vec<String>,
+    /// Written, but held again by the webhook (its gate closed meanwhile).
+    pub held_again: Vec<String>,
 }
 
 pub struct Releaser {
@@ -136,7 +178,10 @@ pub struct Releaser {
 }
 
 enum Action {
-    Release,
+    /// With the blocking reason when an operator forced it.
+    Release {
+        forced: Option<String>,
+    },
     Cancel,
 }
 
@@ -223,23 +268,27 @@ impl Releaser {
         let opened_at = routes
             .all_routed_since
             .map(|s| s + self.cluster.settings.settle);
-        match (&gate, toggle.force) {
-            (Gate::Open, _) => {}
+        let action = match (&gate, toggle.force) {
+            (Gate::Open, _) => Action::Release { forced: None },
             (Gate::Closed(why), true) => {
                 tracing::warn!(blocking = %why, "overlay switch release forced by the operator");
+                Action::Release {
+                    forced: Some(why.clone()),
+                }
             }
             (Gate::Closed(_), false) => return Ok(report),
-        }
+        };
         for h in &held {
             self.handle(
                 h,
-                &Action::Release,
+                &action,
                 opened_at.filter(|_| gate.is_open()),
                 &mut report,
             )
             .await?;
         }
-        if toggle.force && report.conflicts.is_empty() {
+        // The force is honoured once: removed when nothing it was for is left.
+        if toggle.force && report.conflicts.is_empty() && report.held_again.is_empty() {
             self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
         }
         if !report.released.is_empty() {
@@ -279,7 +328,7 @@ impl Releaser {
             };
             let next: Value = match action {
                 Action::Cancel => hold::cancelled(&value, "cancel"),
-                Action::Release => match hold::released(&value, &record, "release") {
+                Action::Release { .. } => match hold::released(&value, &record, "release") {
                     Ok(v) => v,
                     Err(c) => {
                         self.conflict(h, &current, &kind, c.to_string()).await;
@@ -298,11 +347,12 @@ impl Releaser {
                     if Record::read(&written_value).ok().flatten().is_some() {
                         // The webhook held it again (its gate closed meanwhile).
                         tracing::info!(object = %h.key, "release was held again by the webhook; waiting");
+                        report.held_again.push(h.key.to_string());
                         return Ok(());
                     }
                     let held_for = Timestamp::now().duration_since(record.since);
                     match action {
-                        Action::Release => {
+                        Action::Release { forced } => {
                             self.metrics
                                 .releases
                                 .get_or_create(&KindLabels { kind: kind.clone() })
@@ -320,10 +370,7 @@ impl Releaser {
                                     written.metadata.uid.clone(),
                                     EventType::Normal,
                                     "OverlaySwitchReleased",
-                                    format!(
-                                        "held overlay switch applied after {}s",
-                                        held_for.as_secs().max(0)
-                                    ),
+                                    released_note(held_for.as_secs().max(0), forced.as_deref()),
                                     Duration::ZERO,
                                 )
                                 .await;
@@ -393,5 +440,69 @@ impl Releaser {
             Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 || s.code == 404 => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            kind: CalicoKindName::DaemonSet,
+            namespace: Some("kube-system".into()),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_reapplying_reconciler_does_not_flood_events() {
+        let mut l = EventLimiter::default();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(600);
+        assert!(l.allow(&key("a"), "OverlaySwitchHeld", "2 of 5", every, t0));
+        // Re-applied every minute with the same situation: suppressed.
+        for m in 1..10 {
+            assert!(!l.allow(
+                &key("a"),
+                "OverlaySwitchHeld",
+                "2 of 5",
+                every,
+                t0 + Duration::from_secs(60 * m)
+            ));
+        }
+        // The situation changed: published.
+        assert!(l.allow(
+            &key("a"),
+            "OverlaySwitchHeld",
+            "1 of 5",
+            every,
+            t0 + Duration::from_secs(601)
+        ));
+        // Another object or reason is independent; the interval ends.
+        assert!(l.allow(&key("b"), "OverlaySwitchHeld", "2 of 5", every, t0));
+        assert!(l.allow(&key("a"), "OverlaySwitchConflict", "2 of 5", every, t0));
+        assert!(l.allow(
+            &key("a"),
+            "OverlaySwitchHeld",
+            "1 of 5",
+            every,
+            t0 + Duration::from_secs(1300)
+        ));
+        // Zero interval: always.
+        assert!(l.allow(&key("a"), "OverlaySwitchReleased", "x", Duration::ZERO, t0));
+        assert!(l.allow(&key("a"), "OverlaySwitchReleased", "x", Duration::ZERO, t0));
+    }
+
+    #[test]
+    fn forced_releases_say_so() {
+        assert_eq!(
+            released_note(4, None),
+            "held overlay switch applied after 4s"
+        );
+        assert!(
+            released_note(4, Some("1 of 3 nodes has no route yet"))
+                .contains("forced by the operator although 1 of 3")
+        );
     }
 }

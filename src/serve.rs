@@ -35,8 +35,8 @@ pub struct ServeArgs {
     /// How often the certificate files are checked for rotation.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
-    /// Kubeconfig of the guarded cluster (default: in-cluster config, or $KUBECONFIG).
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig of the guarded cluster (default: $KUBECONFIG, else the in-cluster config).
+    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Namespace of calico-node and calico-config; its annotation toggles the guard.
     #[arg(long, default_value = "kube-system")]

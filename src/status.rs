@@ -21,7 +21,7 @@ use crate::watch::Store as _;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    #[arg(long, env = "KUBECONFIG")]
+    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     #[arg(long, default_value = "kube-system")]
     pub calico_namespace: String,

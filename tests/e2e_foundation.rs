@@ -8,7 +8,7 @@ use e2e_support::*;
 
 #[test]
 fn server_side_dry_run_apply_calls_the_webhook_and_persists_nothing() {
-    let env = Env::start(&[]);
+    let mut env = Env::start(&[]);
     env.create(&[
         "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
         "gardener-calico/overlay-ipip/daemonset-calico-node.yaml",
