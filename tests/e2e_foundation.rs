@@ -55,6 +55,12 @@ fn server_side_dry_run_apply_calls_the_webhook_and_persists_nothing() {
         env_value(&ds, "FELIX_IPINIPENABLED").as_deref(),
         Some("true")
     );
+
+    // SIGTERM: the server stops by itself, cleanly (exit 0), within the
+    // harness's 10 s grace.
+    let status = env.server.stop().expect("server was running");
+    assert!(status.success(), "server exit: {status}");
+    assert!(env.server.log_text().contains("\"stopped\""));
 }
 
 #[test]
