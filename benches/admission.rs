@@ -9,14 +9,129 @@
 //! - over TLS: a POST of the same body to a route that returns a fixed
 //!   response (what TLS + HTTP cost without our logic).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use overlay_switch_webhook::cluster::{Cluster, Settings};
 use overlay_switch_webhook::server::{self, AppState};
 use overlay_switch_webhook::webhook::Webhook;
 use serde_json::{Value, json};
+
+/// Counts live heap bytes, for the memory figures.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// A Node as a cloud cluster has it (conditions, addresses, images, labels).
+fn realistic_node(i: usize, routed: bool) -> k8s_openapi::api::core::v1::Node {
+    let cond = |t: &str, s: &str, r: &str| {
+        json!({"type": t, "status": s, "reason": r, "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": "2026-11-26T10:00:00Z", "lastTransitionTime": "2026-11-26T09:00:00Z"})
+    };
+    let images: Vec<Value> = (0..20)
+        .map(|k| json!({"names": [format!("registry.example/team/image-{k}@sha256:{:064x}", k), format!("registry.example/team/image-{k}:v1.{k}")], "sizeBytes": 12345678 + k}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("shoot--proj--name-worker-z1-{i:05}"), "uid": format!("{i:08}-0000-0000-0000-000000000000"),
+            "resourceVersion": "123456", "labels": {"kubernetes.io/hostname": format!("ip-10-250-{}-{}", i / 250, i % 250),
+            "node.kubernetes.io/instance-type": "m5.large", "topology.kubernetes.io/zone": "eu-west-1a", "worker.gardener.cloud/pool": "worker-z1"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+        "spec": {"podCIDR": format!("100.64.{}.0/24", i % 256), "providerID": format!("aws:///eu-west-1a/i-{i:017x}")},
+        "status": {
+            "conditions": [
+                if routed { cond("NetworkUnavailable", "False", "RouteCreated") } else { cond("NetworkUnavailable", "True", "NoRouteCreated") },
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+                cond("Ready", "True", "KubeletReady")],
+            "addresses": [{"type": "InternalIP", "address": format!("10.250.{}.{}", i / 250, i % 250)}, {"type": "Hostname", "address": "ip"}],
+            "nodeInfo": {"kubeletVersion": "v1.34.4", "osImage": "Garden Linux", "kernelVersion": "6.12", "containerRuntimeVersion": "containerd://2.1",
+                "architecture": "amd64", "operatingSystem": "linux", "machineID": "m", "systemUUID": "u", "bootID": "b", "kubeProxyVersion": ""},
+            "images": images,
+            "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"}, "allocatable": {"cpu": "1920m", "memory": "7Gi", "pods": "110"}
+        }
+    }))
+    .unwrap()
+}
+
+/// The route cache's memory and answer time, against keeping whole Node
+/// objects (what a reflector store of Nodes would hold).
+fn route_cache_figures() {
+    use overlay_switch_webhook::routes::RouteCache;
+    use overlay_switch_webhook::watch::Store as _;
+    const N: usize = 5000;
+    let nodes: Vec<_> = (0..N).map(|i| realistic_node(i, i % 100 != 0)).collect();
+
+    let before = live();
+    let whole: Vec<_> = nodes.clone();
+    let whole_bytes = live() - before;
+
+    let before = live();
+    let cache = RouteCache::new("RouteCreated");
+    cache.relist_begin();
+    for n in nodes.iter().cloned() {
+        cache.relist_apply(n);
+    }
+    cache.relist_done();
+    let cache_bytes = live() - before;
+    drop(whole);
+    println!("route cache, {N} realistic nodes (1 in 100 without route):");
+    println!(
+        "  baseline whole Node objects   {:>8} KiB ({} B/node)",
+        whole_bytes / 1024,
+        whole_bytes / N as isize
+    );
+    println!(
+        "  compact route cache           {:>8} KiB ({} B/node)",
+        cache_bytes / 1024,
+        cache_bytes / N as isize
+    );
+    println!(
+        "  ratio cache/whole             {:.3}x",
+        cache_bytes as f64 / whole_bytes as f64
+    );
+
+    // Answers are O(1): the same question against 10 and 5000 nodes.
+    let small = RouteCache::new("RouteCreated");
+    small.relist_begin();
+    for n in nodes.iter().take(10).cloned() {
+        small.relist_apply(n);
+    }
+    small.relist_done();
+    let (s_med, _) = measure(20000, 1000, || {
+        std::hint::black_box(small.snapshot(3));
+    });
+    let (l_med, _) = measure(20000, 1000, || {
+        std::hint::black_box(cache.snapshot(3));
+    });
+    println!(
+        "  snapshot(3 names): 10 nodes {s_med:.1?}, {N} nodes {l_med:.1?}, ratio {:.2}x",
+        l_med.as_secs_f64() / s_med.as_secs_f64()
+    );
+}
 
 fn load(rel: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -105,6 +220,7 @@ fn main() {
     );
 
     over_tls(&body, st);
+    route_cache_figures();
 }
 
 fn feed_blocked_cluster(cluster: &Arc<Cluster>) {
