@@ -278,6 +278,11 @@ impl Releaser {
             }
             (Gate::Closed(_), false) => return Ok(report),
         };
+        // All or nothing: if any recorded change no longer applies, release
+        // none, so that a conflict never leaves the cluster half switched.
+        if !self.preflight(&held, &mut report).await? {
+            return Ok(report);
+        }
         for h in &held {
             self.handle(
                 h,
@@ -295,6 +300,33 @@ impl Releaser {
             tracing::info!(released = ?report.released, forced = toggle.force && !gate.is_open(), "held overlay switches released");
         }
         Ok(report)
+    }
+
+    /// Checks that every held change applies onto its object as it is now;
+    /// reports each one that does not. True when all do.
+    async fn preflight(
+        &self,
+        held: &[HeldObject],
+        report: &mut PassReport,
+    ) -> Result<bool, kube::Error> {
+        for h in held {
+            let Some(current) = api(&self.client, &h.key).get_opt(&h.key.name).await? else {
+                continue;
+            };
+            let value = serde_json::to_value(&current).expect("object encodes");
+            let why = match Record::read(&value) {
+                Ok(None) => continue,
+                Ok(Some(r)) => match hold::released(&value, &r, "release") {
+                    Ok(_) => continue,
+                    Err(c) => c.to_string(),
+                },
+                Err(e) => format!("the held record is damaged: {e}"),
+            };
+            self.conflict(h, &current, &format!("{:?}", h.key.kind), why)
+                .await;
+            report.conflicts.push(h.key.to_string());
+        }
+        Ok(report.conflicts.is_empty())
     }
 
     async fn handle(

@@ -307,10 +307,21 @@ fn a_recorded_change_that_no_longer_applies_is_reported_not_forced() {
             >= 1.0)
             .then_some(())
     });
-    // The ConfigMap and IPPool were released; the DaemonSet was not forced.
-    eventually("others released", Duration::from_secs(10), || {
-        (env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}") == "Never").then_some(())
-    });
+    // All or nothing: nothing was released, so the cluster is not half
+    // switched; the DaemonSet was not forced.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}"),
+        "Always"
+    );
+    assert_eq!(
+        env.get(
+            &["-n", "kube-system", "configmap", "calico-config"],
+            "{.data.calico_backend}"
+        ),
+        "bird"
+    );
+    assert_eq!(records(&env), 3);
     let d = ds(&env);
     assert!(has_record(&d), "record kept");
     assert_eq!(
@@ -326,6 +337,24 @@ fn a_recorded_change_that_no_longer_applies_is_reported_not_forced() {
     let (code, text) = status(&env, &[]);
     assert_eq!(code, 1);
     assert!(text.contains("CONFLICT"), "{text}");
+
+    // The operator re-applies the desired DaemonSet: the new intent fits
+    // (it joins the held ones, the gate being open), and everything is
+    // released together.
+    let (ok, _, err) = env.apply(NATIVE_DS, &[]);
+    assert!(ok && err.contains("joins the held switch"), "{err}");
+    eventually("release after the fix", Duration::from_secs(30), || {
+        (records(&env) == 0).then_some(())
+    });
+    assert_eq!(
+        env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}"),
+        "Never"
+    );
+    let d = ds(&env);
+    assert_eq!(
+        env_value(&d, "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Never")
+    );
 }
 
 #[test]
