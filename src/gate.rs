@@ -92,6 +92,11 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
     if s.action == Some("cancel") && !s.is_switch {
         return Verdict::Cancel;
     }
+    if s.action == Some("release") && !s.is_switch {
+        // A held change that lowers no encapsulation (any more): nothing to
+        // guard, and keeping the record would only make it apply again.
+        return Verdict::Pass { released: true };
+    }
     if s.toggle.synced && !s.toggle.guard {
         // Guard off: admit as asked. A record on the object (the guard was
         // turned off while holding) is left to the release controller.
@@ -253,6 +258,16 @@ mod tests {
         assert!(matches!(decide(&s), Verdict::Hold(_)));
         // ... unless the operator forces it.
         s.toggle.force = true;
+        assert_eq!(decide(&s), Verdict::Pass { released: true });
+    }
+
+    #[test]
+    fn a_release_that_switches_nothing_passes_and_clears_the_record() {
+        let b = blocked();
+        let mut s = sit(&b, &[]);
+        s.is_switch = false;
+        s.old_has_record = true;
+        s.action = Some("release");
         assert_eq!(decide(&s), Verdict::Pass { released: true });
     }
 

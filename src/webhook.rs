@@ -166,7 +166,11 @@ impl Webhook {
             }
         };
         match verdict {
-            Verdict::Admit => (allow, outcome),
+            // (strips a stray action marker, if any)
+            Verdict::Admit => (
+                with_patch(allow, hold::keep_record_patch(old, new)),
+                outcome,
+            ),
             Verdict::Pass { released } => {
                 outcome.verdict = if released { "released" } else { "passed" };
                 if !req.dry_run {
