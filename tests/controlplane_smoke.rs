@@ -1,22 +1,62 @@
-//! The harness itself: a real control plane starts, answers, and leaves no
-//! process behind, also when the test body panics.
+//! The harness itself: a real control plane starts, answers kubectl and
+//! kube::Client, and leaves no process behind: on drop, when the test body
+//! panics, and when the test process is killed outright.
 
 mod controlplane;
 
+use std::time::{Duration, Instant};
+
 use controlplane::ControlPlane;
 
+/// Whether `pid` is a live process (a zombie, dead but not yet reaped by its
+/// new parent, counts as gone).
 fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `limit` for `pid` to be gone.
+fn gone_within(pid: u32, limit: Duration) -> bool {
+    let start = Instant::now();
+    while alive(pid) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 #[tokio::test]
 async fn starts_answers_and_stops_without_leftovers() {
-    // Started on the test's own thread (see DieWithParent in the harness).
     let cp = ControlPlane::start().unwrap();
+    let t = cp.timings();
+    eprintln!(
+        "startup: etcd {:?}, kube-apiserver {:?}, total {:?}",
+        t.etcd, t.apiserver, t.total
+    );
+    assert!(cp.server_url().starts_with("https://127.0.0.1:"));
+    assert!(cp.dir().join("etcd.log").exists());
+    assert!(cp.dir().join("kube-apiserver.log").exists());
+
+    // kubectl verifies the serving cert against certificate-authority.
     let out = cp
         .kubectl_ok(&["get", "namespace", "kube-system", "-o", "name"], None)
         .unwrap();
     assert_eq!(out.trim(), "namespace/kube-system");
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: smoke\n  namespace: default\n";
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(yaml)).unwrap();
+    let err = cp
+        .kubectl_ok(&["get", "configmap", "no-such-thing"], None)
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("NotFound"), "{err:#}");
+
+    // So does kube::Client (rustls).
     let client = cp.client().await.unwrap();
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
     let names: Vec<String> = namespaces
@@ -28,11 +68,29 @@ async fn starts_answers_and_stops_without_leftovers() {
         .filter_map(|n| n.metadata.name)
         .collect();
     assert!(names.contains(&"default".to_string()), "{names:?}");
+    assert!(names.contains(&"kube-system".to_string()), "{names:?}");
+
     let (etcd, apiserver) = cp.pids();
     assert!(alive(etcd) && alive(apiserver));
+    let pids = std::fs::read_to_string(cp.dir().join("pids")).unwrap();
+    assert_eq!(pids, format!("etcd {etcd}\nkube-apiserver {apiserver}\n"));
+    let dir = cp.dir().to_path_buf();
+
+    let t = Instant::now();
     drop(cp);
-    assert!(!alive(etcd), "etcd {etcd} left running");
-    assert!(!alive(apiserver), "kube-apiserver {apiserver} left running");
+    eprintln!("stopped in {:?}", t.elapsed());
+    // Reaped by the drop: not even a zombie is left.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{etcd}")).exists(),
+        "etcd {etcd} left"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{apiserver}")).exists(),
+        "kube-apiserver {apiserver} left"
+    );
+    if std::env::var_os(controlplane::KEEP_DIR_ENV).is_none() {
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
 }
 
 #[test]
@@ -45,6 +103,93 @@ fn a_panicking_test_still_stops_both_processes() {
     });
     assert!(result.is_err());
     let (etcd, apiserver) = rx.recv().unwrap();
-    assert!(!alive(etcd), "etcd {etcd} left running");
-    assert!(!alive(apiserver), "kube-apiserver {apiserver} left running");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{etcd}")).exists(),
+        "etcd {etcd} left"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{apiserver}")).exists(),
+        "kube-apiserver {apiserver} left"
+    );
+}
+
+/// PR_SET_PDEATHSIG fires when the forking *thread* ends: a control plane
+/// started on a short-lived thread (say tokio's blocking pool) must survive it.
+#[test]
+fn outlives_the_thread_that_started_it() {
+    let cp = std::thread::spawn(ControlPlane::start)
+        .join()
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (etcd, apiserver) = cp.pids();
+    assert!(alive(etcd), "etcd died with its starting thread");
+    assert!(
+        alive(apiserver),
+        "kube-apiserver died with its starting thread"
+    );
+    cp.kubectl_ok(&["get", "namespace", "default"], None)
+        .unwrap();
+}
+
+const CHILD_PIDFILE: &str = "CONTROLPLANE_SMOKE_PIDFILE";
+
+/// Run by [`children_die_with_a_killed_test_process`] in a child test process:
+/// starts a control plane, reports its pids, and waits to be killed.
+#[test]
+fn killed_test_process_helper() {
+    let Some(pidfile) = std::env::var_os(CHILD_PIDFILE) else {
+        return; // only as a helper
+    };
+    let cp = ControlPlane::start().unwrap();
+    let (etcd, apiserver) = cp.pids();
+    let tmp = std::path::PathBuf::from(&pidfile).with_extension("tmp");
+    let dir = cp.dir().display();
+    std::fs::write(&tmp, format!("{etcd} {apiserver} {dir}")).unwrap();
+    std::fs::rename(&tmp, &pidfile).unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// SIGKILL of the test process runs no Drop: the children must still die.
+#[test]
+fn children_die_with_a_killed_test_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pids");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "killed_test_process_helper", "--test-threads=1"])
+        .env(CHILD_PIDFILE, &pidfile)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let pids = loop {
+        if let Ok(s) = std::fs::read_to_string(&pidfile) {
+            break s;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("helper test process exited early: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "helper never started its control plane"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut words = pids.splitn(3, ' ');
+    let etcd: u32 = words.next().unwrap().parse().unwrap();
+    let apiserver: u32 = words.next().unwrap().parse().unwrap();
+    // Nothing in the killed process removes its temp dir: this test does.
+    let cp_dir = std::path::PathBuf::from(words.next().unwrap());
+    assert!(alive(etcd) && alive(apiserver));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        gone_within(etcd, Duration::from_secs(5)),
+        "etcd {etcd} outlived its test process"
+    );
+    assert!(
+        gone_within(apiserver, Duration::from_secs(5)),
+        "kube-apiserver {apiserver} outlived its test process"
+    );
+    std::fs::remove_dir_all(&cp_dir).unwrap();
 }

@@ -1,306 +1,466 @@
 //! Test harness: a real etcd and kube-apiserver on free loopback ports in a
 //! temp dir, with an admin kubeconfig. Both processes are stopped and reaped
-//! when the value is dropped, also when the test panics.
+//! when the value is dropped, also when the test panics; and they die with the
+//! test process even if that is killed outright (see [`spawn_tied`]).
+//!
+//! Include it with `mod controlplane;` from a file in `tests/`. See
+//! `tests/controlplane/README.md`.
 #![allow(dead_code)]
 
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-/// The directory with kube-apiserver, etcd and kubectl (built once per test
-/// process by tests/controlplane/build.sh, or $KUBEBUILDER_ASSETS).
+/// How long etcd may take to accept connections.
+const ETCD_START: Duration = Duration::from_secs(30);
+/// How long kube-apiserver may take to be ready (and create kube-system).
+const APISERVER_START: Duration = Duration::from_secs(60);
+/// How long each process may take to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of each log printed when a test panics or a start fails.
+const LOG_TAIL_LINES: usize = 40;
+/// Set (to anything) to keep the temp dir (logs, etcd data) after the test.
+pub const KEEP_DIR_ENV: &str = "CONTROLPLANE_KEEP_DIR";
+
+/// The directory with kube-apiserver, etcd and kubectl: what
+/// `tests/controlplane/build.sh` prints (it builds them once, or uses
+/// `$KUBEBUILDER_ASSETS`). Run once per test process.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/build.sh");
+        // Progress (a first build takes minutes) goes straight to stderr.
         let out = Command::new("bash")
             .arg(&script)
+            .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if !out.status.success() {
-            return Err(format!("{} failed ({})", script.display(), out.status));
+            return Err(format!(
+                "{} failed ({}), see its output above; it needs `go` to build \
+                 kube-apiserver, etcd and kubectl, or set KUBEBUILDER_ASSETS to a \
+                 directory that has them",
+                script.display(),
+                out.status
+            ));
         }
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        for b in ["etcd", "kube-apiserver"] {
+            if !dir.join(b).is_file() {
+                return Err(format!(
+                    "{} printed {:?}, which has no {b}",
+                    script.display(),
+                    dir
+                ));
+            }
+        }
+        Ok(dir)
     })
     .clone()
     .map_err(anyhow::Error::msg)
 }
 
-/// Kills the child when the test process dies, even by SIGKILL, so that no
-/// etcd or kube-apiserver outlives a test run. (PR_SET_PDEATHSIG fires when
-/// the spawning *thread* exits: each test owns its control plane on its own
-/// thread, so that is the test's end.)
-trait DieWithParent {
-    fn die_with_parent(&mut self) -> &mut Self;
-}
+/// Spawns `cmd` so that the child gets SIGKILL when this test process dies,
+/// however it dies (even by SIGKILL, where no Drop runs).
+///
+/// That is `PR_SET_PDEATHSIG`, which fires when the *thread* that forked the
+/// child exits, not the process. Test threads, tokio's blocking pool
+/// (`spawn_blocking` threads exit after 10 s idle) and runtime workers all come
+/// and go, so every child is forked by one thread that lives as long as the
+/// process. Each child also gets its own process group, so a Ctrl-C to
+/// `cargo test` reaches only the test process (whose death then kills the
+/// children), not etcd and kube-apiserver in some arbitrary order.
+fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
 
-impl DieWithParent for Command {
-    fn die_with_parent(&mut self) -> &mut Self {
-        use std::os::unix::process::CommandExt as _;
-        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
-        unsafe {
-            self.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        }
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    cmd.process_group(0);
+    // SAFETY: only async-signal-safe calls (prctl, getppid) in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody would kill us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("parent exited during spawn"));
+            }
+            Ok(())
+        });
     }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("controlplane-spawner".into())
+            // Never returns: the static sender is never dropped.
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the control-plane spawner thread");
+        tx
+    });
+    let (tx, rx) = mpsc::channel();
+    spawner
+        .send((cmd, tx))
+        .map_err(|_| std::io::Error::other("control-plane spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("control-plane spawner thread is gone"))?
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` distinct free loopback ports. The listeners are held until all are
+/// picked and then closed, so another process may take one before we bind it
+/// again: [`ControlPlane::start`] retries once if that happens.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("binding 127.0.0.1:0")?;
+    let mut ports = [0; N];
+    for (p, l) in ports.iter_mut().zip(&listeners) {
+        *p = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         Duration::from_millis(200),
     )
     .is_ok()
 }
 
-/// A running etcd + kube-apiserver.
+fn log_file(path: &Path) -> anyhow::Result<Stdio> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(Stdio::from(f))
+}
+
+/// How long the last start took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// From spawning etcd until its client port accepts connections.
+    pub etcd: Duration,
+    /// From spawning kube-apiserver until `/readyz` is ok and namespace
+    /// kube-system exists.
+    pub apiserver: Duration,
+    /// All of [`ControlPlane::start`] (binaries, temp dir, keys, both).
+    pub total: Duration,
+}
+
+/// A running etcd + kube-apiserver. Dropping it stops both.
 pub struct ControlPlane {
-    dir: tempfile::TempDir,
+    /// `None` once dropped with [`KEEP_DIR_ENV`] set.
+    tmp: Option<tempfile::TempDir>,
+    dir: PathBuf,
     bin: PathBuf,
     kubectl: PathBuf,
     url: String,
+    port: u16,
+    token: String,
     kubeconfig: PathBuf,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    timings: Timings,
 }
 
 impl ControlPlane {
+    /// Starts etcd and kube-apiserver and waits until `/readyz` is ok and
+    /// namespace kube-system exists. Blocking; needs no async runtime (from an
+    /// async test, calling it directly just blocks that test's thread).
     pub fn start() -> anyhow::Result<ControlPlane> {
-        match Self::try_start() {
-            Ok(cp) => Ok(cp),
-            // A free port may be taken between our probe and the bind: once more.
-            Err(e) => {
-                eprintln!("control plane start failed, retrying once: {e:#}");
-                Self::try_start()
+        let started = Instant::now();
+        let bin = bin_dir()?;
+        match Self::try_start(&bin, started) {
+            // Another process took one of our free ports before we bound it.
+            Err(e) if format!("{e:#}").contains("address already in use") => {
+                eprintln!("control plane: a port was taken, retrying once: {e:#}");
+                Self::try_start(&bin, started)
             }
+            r => r,
         }
     }
 
-    fn try_start() -> anyhow::Result<ControlPlane> {
-        let started = Instant::now();
-        let bin = bin_dir()?;
-        let kubectl = if bin.join("kubectl").exists() {
-            bin.join("kubectl")
-        } else {
-            PathBuf::from("kubectl")
+    fn try_start(bin: &Path, started: Instant) -> anyhow::Result<ControlPlane> {
+        let kubectl = match bin.join("kubectl") {
+            k if k.is_file() => k,
+            // KUBEBUILDER_ASSETS may have no kubectl: the one on PATH then.
+            _ => PathBuf::from("kubectl"),
         };
-        let dir = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix("osw-controlplane-")
-            .tempdir()?;
-        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-        let logdir = dir.path().to_path_buf();
-        let log = |name: &str| -> anyhow::Result<Stdio> {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(logdir.join(name))?;
-            Ok(Stdio::from(file))
-        };
+            .tempdir()
+            .context("creating the control plane's temp dir")?;
+        let d = tmp.path().to_path_buf();
+        let [etcd_port, peer_port, api_port] = free_ports()?;
+        let token = format!("osw-admin-{}-{api_port}", std::process::id());
 
+        // Built before anything is spawned: from here on, an early return
+        // drops it, which stops whatever was started.
         let mut cp = ControlPlane {
-            bin: bin.clone(),
+            tmp: Some(tmp),
+            dir: d.clone(),
+            bin: bin.to_path_buf(),
             kubectl,
             url: format!("https://127.0.0.1:{api_port}"),
-            kubeconfig: dir.path().join("kubeconfig"),
+            port: api_port,
+            token: token.clone(),
+            kubeconfig: d.join("kubeconfig"),
             etcd: None,
             apiserver: None,
-            dir,
+            timings: Timings::default(),
         };
-        let d = cp.dir.path().to_path_buf();
 
-        cp.etcd = Some(
-            Command::new(bin.join("etcd"))
-                .args(["--name", "test", "--data-dir"])
-                .arg(d.join("etcd"))
-                .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-                .arg(format!(
-                    "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
-                ))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-                .arg(format!(
-                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
-                ))
-                .arg(format!(
-                    "--initial-cluster=test=http://127.0.0.1:{peer_port}"
-                ))
-                // Tests need no durability: no fsync makes etcd fast on slow disks.
-                .args([
-                    "--unsafe-no-fsync",
-                    "--quota-backend-bytes=1073741824",
-                    "--log-level=warn",
-                ])
-                .stdin(Stdio::null())
-                .stdout(log("etcd.log")?)
-                .stderr(log("etcd.log")?)
-                .die_with_parent()
-                .spawn()
-                .context("starting etcd")?,
-        );
-        cp.wait("etcd", Duration::from_secs(30), |cp| {
-            cp.check_alive()?;
-            Ok(port_open(etcd_port))
+        let mut etcd = Command::new(bin.join("etcd"));
+        etcd.arg("--name=default")
+            .arg(format!("--data-dir={}", d.join("etcd").display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
+            // Tests need no durability; fsync is what makes etcd slow.
+            .arg("--unsafe-no-fsync")
+            // 512 MiB: far more than a test writes, far less than the default
+            // 2 GiB mmap per test.
+            .arg("--quota-backend-bytes=536870912")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file(&d.join("etcd.log"))?)
+            .stderr(log_file(&d.join("etcd.log"))?);
+        let t = Instant::now();
+        cp.etcd = Some(spawn_tied(etcd).context("starting etcd")?);
+        cp.write_pids()?;
+        cp.wait("etcd to accept connections", ETCD_START, |_| {
+            if !port_open(etcd_port) {
+                bail!("port {etcd_port} closed");
+            }
+            Ok(())
         })?;
+        cp.timings.etcd = t.elapsed();
 
-        // Admin by static token (system:masters bypasses RBAC); RBAC on, so
-        // tests can check what other identities may do.
-        let token = format!("osw-admin-{}-{}", std::process::id(), api_port);
+        // Admin by static token in group system:masters, which bypasses RBAC.
         std::fs::write(
             d.join("tokens.csv"),
-            format!("{token},admin,admin,system:masters\n"),
+            format!("{token},admin,admin-uid,system:masters\n"),
         )?;
-        // Service-account signing key (for `kubectl create token`), made by rcgen.
-        let sa_key = rcgen::KeyPair::generate()?;
-        std::fs::create_dir_all(d.join("pki"))?;
-        std::fs::write(d.join("pki/sa.key"), sa_key.serialize_pem())?;
-        std::fs::write(d.join("pki/sa.pub"), sa_key.public_key_pem())?;
+        // Service-account token signing key (`kubectl create token`). ECDSA
+        // P-256 by rcgen: instant, and no openssl CLI needed.
+        let pki = d.join("pki");
+        std::fs::create_dir_all(&pki)?;
+        let sa_key = rcgen::KeyPair::generate().context("generating the SA key")?;
+        std::fs::write(pki.join("sa.key"), sa_key.serialize_pem())?;
+        std::fs::write(pki.join("sa.pub"), sa_key.public_key_pem())?;
 
-        cp.apiserver = Some(
-            Command::new(bin.join("kube-apiserver"))
-                .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-                .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-                .arg(format!("--secure-port={api_port}"))
-                .arg(format!("--cert-dir={}", d.join("pki").display()))
-                .arg(format!(
-                    "--token-auth-file={}",
-                    d.join("tokens.csv").display()
-                ))
-                .arg("--authorization-mode=RBAC")
-                .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-                .arg(format!(
-                    "--service-account-key-file={}",
-                    d.join("pki/sa.pub").display()
-                ))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    d.join("pki/sa.key").display()
-                ))
-                .args([
-                    "--service-cluster-ip-range=10.0.0.0/24",
-                    "--allow-privileged=true",
-                ])
-                // No controller manager runs: the ServiceAccount admission
-                // plugin would wait for tokens no one makes.
-                .arg("--disable-admission-plugins=ServiceAccount")
-                .arg("--enable-priority-and-fairness=false")
-                .stdin(Stdio::null())
-                .stdout(log("kube-apiserver.log")?)
-                .stderr(log("kube-apiserver.log")?)
-                .die_with_parent()
-                .spawn()
-                .context("starting kube-apiserver")?,
+        let mut apiserver = Command::new(bin.join("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg("--storage-backend=etcd3")
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={api_port}"))
+            // A self-signed serving cert for 127.0.0.1 is made here.
+            .arg(format!("--cert-dir={}", pki.display()))
+            .arg(format!(
+                "--token-auth-file={}",
+                d.join("tokens.csv").display()
+            ))
+            // RBAC, so tests can ask what other identities may do.
+            .arg("--authorization-mode=RBAC")
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.join("sa.pub").display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--allow-privileged=true")
+            // No controller manager makes the `default` ServiceAccounts this
+            // plugin would require of every Pod.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            // Saves bootstrapping the flow-control objects.
+            .arg("--enable-priority-and-fairness=false")
+            .arg("--profiling=false")
+            .stdin(Stdio::null())
+            .stdout(log_file(&d.join("kube-apiserver.log"))?)
+            .stderr(log_file(&d.join("kube-apiserver.log"))?);
+        let t = Instant::now();
+        cp.apiserver = Some(spawn_tied(apiserver).context("starting kube-apiserver")?);
+        cp.write_pids()?;
+
+        // The serving cert (then its CA) appears in --cert-dir before the port
+        // opens; it is all a client needs to trust.
+        let ca = pki.join("apiserver.crt");
+        let mut probe = None;
+        cp.wait("kube-apiserver /readyz", APISERVER_START, |cp| {
+            if probe.is_none() {
+                probe = Some(Probe::new(&ca, api_port, &cp.token)?);
+            }
+            let (status, body) = probe.as_ref().expect("set above").get("/readyz?verbose")?;
+            match status {
+                200 => Ok(()),
+                _ => bail!("HTTP {status}: {body}"),
+            }
+        })?;
+        let probe = probe.expect("set when ready");
+        cp.write_kubeconfig(&ca)?;
+        // Made by the apiserver itself, shortly after it starts.
+        cp.wait("namespace kube-system", APISERVER_START, |_| {
+            let (status, body) = probe.get("/api/v1/namespaces/kube-system")?;
+            match status {
+                200 => Ok(()),
+                _ => bail!("HTTP {status}: {body}"),
+            }
+        })?;
+        cp.timings.apiserver = t.elapsed();
+        cp.timings.total = started.elapsed();
+        eprintln!(
+            "control plane up at {} in {:.2?} (etcd {:.2?}, kube-apiserver {:.2?}), dir {}",
+            cp.url,
+            cp.timings.total,
+            cp.timings.etcd,
+            cp.timings.apiserver,
+            cp.dir.display()
         );
-        // The serving cert kube-apiserver makes in --cert-dir is for
-        // localhost/127.0.0.1 and self-signed: trust exactly it.
-        let ca = d.join("pki/apiserver.crt");
-        cp.wait(
-            "kube-apiserver serving cert",
-            Duration::from_secs(60),
-            |cp| {
-                cp.check_alive()?;
-                Ok(ca.exists())
-            },
-        )?;
-        std::fs::write(
-            &cp.kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-                 users:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n\
-                 current-context: test\n",
-                cp.url,
-                ca.display()
-            ),
-        )?;
-        cp.wait("kube-apiserver /readyz", Duration::from_secs(90), |cp| {
-            cp.check_alive()?;
-            Ok(cp
-                .kubectl_run(&["get", "--raw", "/readyz"], None)?
-                .status
-                .success())
-        })?;
-        cp.wait("namespace kube-system", Duration::from_secs(30), |cp| {
-            Ok(cp
-                .kubectl_run(&["get", "namespace", "kube-system"], None)?
-                .status
-                .success())
-        })?;
-        eprintln!("control plane up at {} in {:?}", cp.url, started.elapsed());
         Ok(cp)
     }
 
+    fn write_kubeconfig(&self, ca: &Path) -> anyhow::Result<()> {
+        let kubeconfig = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    token: {token}
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: admin
+current-context: test
+",
+            url = self.url,
+            ca = ca.display(),
+            token = self.token,
+        );
+        std::fs::write(&self.kubeconfig, kubeconfig).context("writing the kubeconfig")
+    }
+
+    fn write_pids(&self) -> anyhow::Result<()> {
+        let (etcd, apiserver) = self.pids();
+        std::fs::write(
+            self.dir.join("pids"),
+            format!("etcd {etcd}\nkube-apiserver {apiserver}\n"),
+        )
+        .context("writing pids")
+    }
+
+    /// Fails at once if a child exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
-        let mut exited = None;
-        for (name, child) in [
-            ("etcd", &mut self.etcd),
-            ("kube-apiserver", &mut self.apiserver),
-        ] {
+        for name in ["etcd", "kube-apiserver"] {
+            let child = match name {
+                "etcd" => &mut self.etcd,
+                _ => &mut self.apiserver,
+            };
             if let Some(c) = child
                 && let Some(status) = c.try_wait()?
             {
-                exited = Some((name, status));
+                bail!(
+                    "{name} exited early ({status}); last lines of {name}.log:\n{}",
+                    self.log_tail(name)
+                );
             }
         }
-        match exited {
-            Some((name, status)) => {
-                bail!("{name} exited early with {status}: {}", self.log_tail(name))
-            }
-            None => Ok(()),
-        }
+        Ok(())
     }
 
+    /// Polls `ready` until it is Ok, a child dies, or `limit` passes.
     fn wait(
         &mut self,
         what: &str,
         limit: Duration,
-        mut ready: impl FnMut(&mut Self) -> anyhow::Result<bool>,
+        mut ready: impl FnMut(&mut Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let start = Instant::now();
-        while start.elapsed() < limit {
-            if ready(self)? {
-                return Ok(());
+        loop {
+            self.check_alive()?;
+            let err = match ready(self) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if start.elapsed() > limit {
+                bail!(
+                    "timed out after {limit:?} waiting for {what} (last: {err:#})\n\
+                     --- etcd.log ---\n{}\n--- kube-apiserver.log ---\n{}",
+                    self.log_tail("etcd"),
+                    self.log_tail("kube-apiserver")
+                );
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("timed out after {limit:?} waiting for {what}")
     }
 
     fn log_tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-            .unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.join(format!("{name}.log")))
+            .unwrap_or_else(|e| format!("(cannot read: {e})"));
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
+    /// The admin kubeconfig (token in group system:masters).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }
 
+    /// `https://127.0.0.1:PORT`.
     pub fn server_url(&self) -> &str {
         &self.url
     }
 
+    /// Where kube-apiserver, etcd and (usually) kubectl are.
     pub fn bin_dir(&self) -> &Path {
         &self.bin
     }
 
+    /// The temp dir: etcd.log, kube-apiserver.log, kubeconfig, pids, pki/.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
-    /// (etcd, kube-apiserver) process ids.
+    /// The admin bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// (etcd, kube-apiserver) process ids; 0 for one not running.
     pub fn pids(&self) -> (u32, u32) {
         (
             self.etcd.as_ref().map_or(0, Child::id),
@@ -308,15 +468,24 @@ impl ControlPlane {
         )
     }
 
-    /// kubectl (the matching version) with --kubeconfig set.
+    /// How long the start took.
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    /// kubectl (bin_dir's, else PATH's) with `--kubeconfig` set, and its
+    /// discovery cache in the temp dir (ports are reused between tests).
     pub fn kubectl(&self) -> Command {
         let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c.env("KUBECACHEDIR", self.dir.join("kubectl-cache"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig);
         c
     }
 
+    /// Runs kubectl with `args`, feeding it `stdin`, and returns its output
+    /// whatever the exit status.
     pub fn kubectl_run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
-        use std::io::Write as _;
         let mut cmd = self.kubectl();
         cmd.args(args)
             .stdin(if stdin.is_some() {
@@ -326,17 +495,28 @@ impl ControlPlane {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("running kubectl")?;
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(input.as_bytes())?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running {}", self.kubectl.display()))?;
+        // Written by another thread, so a kubectl that talks before it has
+        // read everything cannot deadlock us.
+        let writer = match (stdin, child.stdin.take()) {
+            (Some(input), Some(mut pipe)) => {
+                let input = input.to_owned();
+                Some(std::thread::spawn(move || pipe.write_all(input.as_bytes())))
+            }
+            _ => None,
+        };
+        let out = child.wait_with_output()?;
+        if let Some(w) = writer {
+            // A broken pipe means kubectl exited early: its output says why.
+            let _ = w.join();
         }
-        Ok(child.wait_with_output()?)
+        Ok(out)
     }
 
+    /// Like [`Self::kubectl_run`], returning stdout, or an error with stderr
+    /// and stdout if kubectl failed.
     pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
         let out = self.kubectl_run(args, stdin)?;
         if !out.status.success() {
@@ -351,26 +531,29 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A client for the admin user, from the kubeconfig.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL; always reaped.
     fn stop(child: &mut Option<Child>) {
         let Some(mut c) = child.take() else { return };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: plain kill(2). The pid is still ours: an unreaped child's
+            // pid cannot be reused.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < STOP_GRACE {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = c.kill();
         }
-        let _ = c.kill();
         let _ = c.wait();
     }
 }
@@ -379,11 +562,88 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "--- kube-apiserver log (tail) ---\n{}",
+                "--- control plane {} ({}) ---\n--- etcd.log (tail) ---\n{}\n--- kube-apiserver.log (tail) ---\n{}\n---",
+                self.url,
+                self.dir.display(),
+                self.log_tail("etcd"),
                 self.log_tail("kube-apiserver")
             );
         }
         Self::stop(&mut self.apiserver);
         Self::stop(&mut self.etcd);
+        if std::env::var_os(KEEP_DIR_ENV).is_some()
+            && let Some(tmp) = self.tmp.take()
+        {
+            eprintln!("control plane dir kept: {}", tmp.keep().display());
+        }
+    }
+}
+
+/// A minimal HTTPS GET against kube-apiserver (readiness polls without
+/// spawning kubectl), trusting exactly the serving cert bundle in `ca`.
+struct Probe {
+    config: Arc<rustls::ClientConfig>,
+    port: u16,
+    token: String,
+}
+
+impl Probe {
+    fn new(ca: &Path, port: u16, token: &str) -> anyhow::Result<Probe> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("reading {}", ca.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {}", ca.display()))?;
+        // Not yet written completely: the serving cert comes before its CA.
+        if certs.len() < 2 {
+            bail!("{} is incomplete", ca.display());
+        }
+        for cert in certs {
+            roots.add(cert)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Probe {
+            config: Arc::new(config),
+            port,
+            token: token.to_owned(),
+        })
+    }
+
+    /// (status, body) of `GET path`.
+    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let name = rustls_pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+        let conn = rustls::ClientConnection::new(self.config.clone(), name)?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        write!(
+            tls,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\
+             Connection: close\r\n\r\n",
+            self.port, self.token
+        )?;
+        tls.flush()?;
+        let mut buf = Vec::new();
+        match tls.read_to_end(&mut buf) {
+            Ok(_) => {}
+            // Closed without close_notify: what was read is still the answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("not an HTTP response: {head:?}"))?;
+        Ok((status, body.trim().to_owned()))
     }
 }
