@@ -11,12 +11,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use overlay_switch_webhook::cluster::{Cluster, Settings};
 use overlay_switch_webhook::server::{self, AppState};
-use overlay_switch_webhook::webhook::Webhook;
 use serde_json::{Value, json};
 
 /// Counts live heap bytes, for the memory figures.
@@ -178,14 +177,7 @@ fn measure(n: usize, warm: usize, mut f: impl FnMut()) -> (Duration, Duration) {
 }
 
 fn state(cluster: Arc<Cluster>) -> Arc<AppState> {
-    let (registry, metrics) = overlay_switch_webhook::metrics::registry();
-    Arc::new(AppState {
-        webhook: Webhook { cluster, metrics },
-        registry,
-        tls_loaded: AtomicBool::new(true),
-        shutting_down: AtomicBool::new(false),
-        on_outcome: None,
-    })
+    AppState::new(cluster, None)
 }
 
 fn main() {

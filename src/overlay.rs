@@ -28,7 +28,16 @@ pub enum Encapsulation {
     Always,
 }
 
-/// Whether trimmed `s` is one of `options`, ignoring ASCII case.
+/// The value whose spellings include `s` (trimmed, case-insensitive).
+fn lookup<T: Copy>(s: &str, table: &[(&[&str], T)]) -> Option<T> {
+    let s = s.trim();
+    table
+        .iter()
+        .find(|(names, _)| one_of(s, names))
+        .map(|(_, v)| *v)
+}
+
+/// Whether `s` is one of `options`, ignoring ASCII case.
 fn one_of(s: &str, options: &[&str]) -> bool {
     options.iter().any(|o| s.eq_ignore_ascii_case(o))
 }
@@ -36,30 +45,26 @@ fn one_of(s: &str, options: &[&str]) -> bool {
 impl Encapsulation {
     /// calico-node's reading of `CALICO_IPV4POOL_IPIP` / `CALICO_IPV4POOL_VXLAN`.
     pub fn parse_env(s: &str) -> Option<Self> {
-        let s = s.trim();
-        if one_of(s, &["", "off", "never", "false"]) {
-            Some(Self::Never)
-        } else if one_of(s, &["crosssubnet", "cross-subnet"]) {
-            Some(Self::CrossSubnet)
-        } else if one_of(s, &["always", "true", "on"]) {
-            Some(Self::Always)
-        } else {
-            None
-        }
+        lookup(
+            s,
+            &[
+                (&["", "off", "never", "false"], Self::Never),
+                (&["crosssubnet", "cross-subnet"], Self::CrossSubnet),
+                (&["always", "true", "on"], Self::Always),
+            ],
+        )
     }
 
     /// An IPPool's `ipipMode` / `vxlanMode` (empty = `Never`).
     pub fn parse_pool_mode(s: &str) -> Option<Self> {
-        let s = s.trim();
-        if one_of(s, &["", "never"]) {
-            Some(Self::Never)
-        } else if one_of(s, &["crosssubnet"]) {
-            Some(Self::CrossSubnet)
-        } else if one_of(s, &["always"]) {
-            Some(Self::Always)
-        } else {
-            None
-        }
+        lookup(
+            s,
+            &[
+                (&["", "never"], Self::Never),
+                (&["crosssubnet"], Self::CrossSubnet),
+                (&["always"], Self::Always),
+            ],
+        )
     }
 
     /// As Calico spells it.
@@ -89,16 +94,14 @@ pub enum Backend {
 impl Backend {
     /// `bird`, `vxlan` or `none`, case-insensitive, trimmed.
     pub fn parse(s: &str) -> Option<Self> {
-        let s = s.trim();
-        if one_of(s, &["bird"]) {
-            Some(Self::Bird)
-        } else if one_of(s, &["vxlan"]) {
-            Some(Self::Vxlan)
-        } else if one_of(s, &["none"]) {
-            Some(Self::None)
-        } else {
-            None
-        }
+        lookup(
+            s,
+            &[
+                (&["bird"], Self::Bird),
+                (&["vxlan"], Self::Vxlan),
+                (&["none"], Self::None),
+            ],
+        )
     }
 
     /// As Calico spells it.
@@ -119,14 +122,13 @@ impl fmt::Display for Backend {
 
 /// Felix's boolean spellings, case-insensitive, trimmed.
 pub fn parse_felix_bool(s: &str) -> Option<bool> {
-    let s = s.trim();
-    if one_of(s, &["true", "1", "yes", "y", "t", "on"]) {
-        Some(true)
-    } else if one_of(s, &["false", "0", "no", "n", "f", "off"]) {
-        Some(false)
-    } else {
-        None
-    }
+    lookup(
+        s,
+        &[
+            (&["true", "1", "yes", "y", "t", "on"], true),
+            (&["false", "0", "no", "n", "f", "off"], false),
+        ],
+    )
 }
 
 /// The value of one setting, ranked by how much encapsulation it means.

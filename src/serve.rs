@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,7 +14,7 @@ use crate::cluster::{Cluster, Settings};
 use crate::release::{Events, HELD_EVENT_INTERVAL, Releaser};
 use crate::server::{self, AppState};
 use crate::tls::CertFiles;
-use crate::webhook::{Outcome, Webhook};
+use crate::webhook::Outcome;
 use kube::runtime::events::EventType;
 
 /// Flags of `serve`.
@@ -38,6 +38,28 @@ pub struct ServeArgs {
     /// Kubeconfig of the guarded cluster (default: $KUBECONFIG, else the in-cluster config).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Release held switches by itself once the gate opens (and honour the
+    /// cancel/force annotations). `--release=false` leaves holds to the
+    /// operator's next apply.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub release: bool,
+    /// Name of this replica, for events (the Deployment sets it from the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// After SIGTERM: how long to keep serving while not ready (so endpoints
+    /// drop this pod first), then how long open connections may drain.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
+}
+
+/// Which objects are Calico's and how the gate behaves: shared by `serve`
+/// and `status`, so both see a cluster the same way.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
     /// Namespace of calico-node and calico-config; its annotation toggles the guard.
     #[arg(long, default_value = "kube-system")]
     pub calico_namespace: String,
@@ -53,20 +75,19 @@ pub struct ServeArgs {
     /// How long every node must have had its route before a switch passes.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub settle_time: Duration,
-    /// Release held switches by itself once the gate opens (and honour the
-    /// cancel/force annotations). `--release=false` leaves holds to the
-    /// operator's next apply.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub release: bool,
-    /// Name of this replica, for events (the Deployment sets it from the pod name).
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    /// After SIGTERM: how long to keep serving while not ready (so endpoints
-    /// drop this pod first), then how long open connections may drain.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub shutdown_delay: Duration,
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
-    pub shutdown_drain: Duration,
+}
+
+impl ClusterArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            calico_namespace: self.calico_namespace.clone(),
+            daemonset_name: self.daemonset_name.clone(),
+            configmap_name: self.configmap_name.clone(),
+            required_reason: self.required_route_reason.clone(),
+            settle: self.settle_time,
+            ..Settings::default()
+        }
+    }
 }
 
 /// Parses durations like `10s`, `500ms`, `2m` (humantime's syntax).
@@ -86,43 +107,19 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
     Ok(kube::Client::try_from(config)?)
 }
 
-impl ServeArgs {
-    pub fn settings(&self) -> Settings {
-        Settings {
-            calico_namespace: self.calico_namespace.clone(),
-            daemonset_name: self.daemonset_name.clone(),
-            configmap_name: self.configmap_name.clone(),
-            required_reason: self.required_route_reason.clone(),
-            settle: self.settle_time,
-            ..Settings::default()
-        }
-    }
-}
-
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
         .context("loading the serving certificate")?;
     let tls = Arc::new(certs.server_config()?);
     let client = client(args.kubeconfig.as_deref()).await?;
 
-    let (registry, metrics) = crate::metrics::registry();
-    let cluster = Cluster::new(args.settings());
+    let cluster = Cluster::new(args.cluster.settings());
     let mut tasks = tokio::task::JoinSet::new();
     cluster.spawn_watches(&client, &mut tasks);
     tasks.spawn(certs.clone().watch(args.tls_reload_interval));
 
     let events = Events::new(client.clone(), args.pod_name.clone());
-    if args.release {
-        tasks.spawn(
-            Releaser {
-                cluster: cluster.clone(),
-                client: client.clone(),
-                metrics: metrics.clone(),
-                events: events.clone(),
-            }
-            .run(),
-        );
-    }
+    let hook_events = events.clone();
     let on_outcome: server::OutcomeHook = Arc::new(move |o: &Outcome| {
         if o.verdict != "held" {
             return;
@@ -130,7 +127,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let (Some(key), Some(note)) = (o.key.clone(), o.message.clone()) else {
             return;
         };
-        let (events, uid) = (events.clone(), o.object_uid.clone());
+        let (events, uid) = (hook_events.clone(), o.object_uid.clone());
         tokio::spawn(async move {
             events
                 .publish(
@@ -145,16 +142,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     });
 
-    let state = Arc::new(AppState {
-        webhook: Webhook {
-            cluster: cluster.clone(),
-            metrics: metrics.clone(),
-        },
-        registry,
-        tls_loaded: AtomicBool::new(true),
-        shutting_down: AtomicBool::new(false),
-        on_outcome: Some(on_outcome),
-    });
+    let state = AppState::new(cluster.clone(), Some(on_outcome));
+    let metrics = state.metrics().clone();
+    if args.release {
+        tasks.spawn(
+            Releaser {
+                cluster: cluster.clone(),
+                client: client.clone(),
+                metrics: metrics.clone(),
+                events: events.clone(),
+            }
+            .run(),
+        );
+    }
 
     let listener = TcpListener::bind(args.listen_addr)
         .await
@@ -165,8 +165,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         webhook = %listener.local_addr()?,
         admin = %admin.local_addr()?,
-        namespace = %args.calico_namespace,
-        settle = ?args.settle_time,
+        namespace = %args.cluster.calico_namespace,
+        settle = ?args.cluster.settle_time,
         "serving"
     );
 

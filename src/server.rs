@@ -35,6 +35,25 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A server state for one cluster, with a fresh metrics registry.
+    pub fn new(
+        cluster: Arc<crate::cluster::Cluster>,
+        on_outcome: Option<OutcomeHook>,
+    ) -> Arc<Self> {
+        let (registry, metrics) = crate::metrics::registry();
+        Arc::new(Self {
+            webhook: Webhook { cluster, metrics },
+            registry,
+            tls_loaded: AtomicBool::new(true),
+            shutting_down: AtomicBool::new(false),
+            on_outcome,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.webhook.metrics
+    }
+
     pub fn ready(&self) -> Result<(), String> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err("shutting down".into());

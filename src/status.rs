@@ -3,7 +3,6 @@
 //! 2: error.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::jiff::Timestamp;
@@ -23,16 +22,8 @@ use crate::watch::Store as _;
 pub struct StatusArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    #[arg(long, default_value = "kube-system")]
-    pub calico_namespace: String,
-    #[arg(long, default_value = "calico-node")]
-    pub daemonset_name: String,
-    #[arg(long, default_value = "calico-config")]
-    pub configmap_name: String,
-    #[arg(long, default_value = crate::routes::DEFAULT_REASON)]
-    pub required_route_reason: String,
-    #[arg(long, default_value = "10s", value_parser = crate::serve::parse_duration)]
-    pub settle_time: Duration,
+    #[command(flatten)]
+    pub cluster: crate::serve::ClusterArgs,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -266,14 +257,7 @@ pub fn render_text(s: &Status) -> String {
 /// Runs the command; returns the exit code.
 pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
     let client = crate::serve::client(args.kubeconfig.as_deref()).await?;
-    let settings = Settings {
-        calico_namespace: args.calico_namespace,
-        daemonset_name: args.daemonset_name,
-        configmap_name: args.configmap_name,
-        required_reason: args.required_route_reason,
-        settle: args.settle_time,
-        ..Settings::default()
-    };
+    let settings = args.cluster.settings();
     let status = collect(&client, &settings).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),

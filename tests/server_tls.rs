@@ -2,12 +2,10 @@
 //! probes and metrics.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use overlay_switch_webhook::cluster::{Cluster, Settings};
 use overlay_switch_webhook::server::{self, AppState};
-use overlay_switch_webhook::webhook::Webhook;
 use serde_json::{Value, json};
 
 struct Running {
@@ -40,17 +38,7 @@ async fn start() -> Running {
         bundle.tls_key_pem.as_bytes(),
     )
     .unwrap();
-    let (registry, metrics) = overlay_switch_webhook::metrics::registry();
-    let state = Arc::new(AppState {
-        webhook: Webhook {
-            cluster: Cluster::new(Settings::default()),
-            metrics,
-        },
-        registry,
-        tls_loaded: AtomicBool::new(true),
-        shutting_down: AtomicBool::new(false),
-        on_outcome: None,
-    });
+    let state = AppState::new(Cluster::new(Settings::default()), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
