@@ -168,7 +168,7 @@ impl Server {
     }
 
     pub fn wait_ready(&self) {
-        eventually("server /readyz", Duration::from_secs(30), || {
+        eventually("server /readyz", Duration::from_secs(60), || {
             self.ready().then_some(())
         });
     }
