@@ -69,6 +69,10 @@ pub struct HeldObject {
     pub key: ObjectKey,
     /// The `held-since` annotation as written.
     pub since: Option<String>,
+    /// A digest of the recorded intent: a replaced intent (the latest switch
+    /// wins) is a change the release controller must look at again.
+    #[serde(skip)]
+    pub intent_digest: u64,
 }
 
 /// How long a hold this process answered counts before its watch confirms it.
@@ -136,6 +140,7 @@ impl HeldRegistry {
                 all.entry(k.clone()).or_insert_with(|| HeldObject {
                     key: k.clone(),
                     since: None,
+                    intent_digest: 0,
                 });
             }
         }
@@ -183,7 +188,20 @@ fn held_entry(kind: CalicoKindName, obj: &DynamicObject) -> Option<(ObjectKey, H
         name: obj.metadata.name.clone().unwrap_or_default(),
     };
     let since = annotations.get(SINCE_ANNOTATION).cloned();
-    Some((key.clone(), HeldObject { key, since }))
+    let intent_digest = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        annotations.get(INTENT_ANNOTATION).hash(&mut h);
+        h.finish()
+    };
+    Some((
+        key.clone(),
+        HeldObject {
+            key,
+            since,
+            intent_digest,
+        },
+    ))
 }
 
 fn key_of(kind: CalicoKindName, obj: &DynamicObject) -> ObjectKey {
@@ -201,9 +219,19 @@ pub struct KindStore {
 }
 
 impl KindStore {
+    /// Applies `f`; wakes waiters only when what is held (or whether it is
+    /// known) changed, not on every update of a watched object (a
+    /// DaemonSet's status changes all the time during a rollout).
     fn with(&self, f: impl FnOnce(&mut Part)) {
-        f(&mut self.registry.part(self.kind).write().expect("held lock"));
-        self.registry.bump();
+        let changed = {
+            let mut part = self.registry.part(self.kind).write().expect("held lock");
+            let before = (part.synced, part.held.clone());
+            f(&mut part);
+            before != (part.synced, part.held.clone())
+        };
+        if changed {
+            self.registry.bump();
+        }
     }
 }
 
@@ -361,5 +389,34 @@ mod tests {
         r.store(CalicoKind::ConfigMap)
             .apply(obj(Some("kube-system"), "calico-config", false));
         assert_eq!(r.held().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn waiters_wake_only_when_what_is_held_changes() {
+        let r = Arc::new(HeldRegistry::default());
+        sync_all(&r);
+        let mut rx = r.subscribe();
+        rx.mark_unchanged();
+        let ds = r.store(CalicoKind::DaemonSet);
+        ds.apply(obj(Some("kube-system"), "calico-node", false)); // e.g. a status update
+        assert!(!rx.has_changed().unwrap());
+        ds.apply(obj(Some("kube-system"), "calico-node", true));
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        ds.apply(obj(Some("kube-system"), "calico-node", true)); // still held, same record
+        assert!(!rx.has_changed().unwrap());
+        // The latest switch replaced the intent: look again.
+        let mut replaced = obj(Some("kube-system"), "calico-node", true);
+        replaced
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(INTENT_ANNOTATION.to_string(), "[{}]".to_string());
+        ds.apply(replaced);
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        ds.lost();
+        assert!(rx.has_changed().unwrap());
     }
 }
