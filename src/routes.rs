@@ -236,14 +236,29 @@ impl RouteCache {
         v
     }
 
+    /// Applies `f`; wakes waiters only when the answer changed (synced,
+    /// counts, since when routed), not on every node heartbeat.
     fn update(&self, f: impl FnOnce(&mut Inner)) {
         let generation = {
             let mut inner = self.inner.write().expect("route cache lock");
+            let summary = |i: &Inner| {
+                (
+                    i.synced,
+                    i.nodes.len(),
+                    i.blockers.len(),
+                    i.all_routed_since,
+                )
+            };
+            let before = summary(&inner);
             f(&mut inner);
-            inner.generation += 1;
-            inner.generation
+            (summary(&inner) != before).then(|| {
+                inner.generation += 1;
+                inner.generation
+            })
         };
-        self.changed.send_replace(generation);
+        if let Some(generation) = generation {
+            self.changed.send_replace(generation);
+        }
     }
 
     fn entry(&self, node: &Node, observed: Option<Timestamp>) -> NodeRoute {
@@ -501,5 +516,23 @@ mod tests {
         assert_eq!(s.all_routed_since, None, "unknown never reads as open");
         listed(&c, vec![node("a", Some(("False", "RouteCreated", 1)))]);
         assert!(c.snapshot(1).synced);
+    }
+
+    #[test]
+    fn waiters_wake_on_a_changed_answer_not_on_heartbeats() {
+        let c = RouteCache::new(DEFAULT_REASON);
+        listed(
+            &c,
+            vec![
+                node("a", Some(("False", "RouteCreated", 1))),
+                node("b", None),
+            ],
+        );
+        let mut rx = c.subscribe();
+        rx.mark_unchanged();
+        c.apply(node("b", None)); // a heartbeat: nothing the gate asks changed
+        assert!(!rx.has_changed().unwrap());
+        c.apply(node("b", Some(("False", "RouteCreated", 2))));
+        assert!(rx.has_changed().unwrap());
     }
 }
