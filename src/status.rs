@@ -14,7 +14,7 @@ use crate::gate::{self, Gate};
 use crate::held::{CalicoKindName, ObjectKey};
 use crate::hold::{self, Record};
 use crate::release::api;
-use crate::routes::{NodeRoute, RouteCache};
+use crate::routes::{Blocker, NodeRoute, RouteCache};
 use crate::toggle::Toggle;
 use crate::watch::Store as _;
 
@@ -53,6 +53,10 @@ pub struct Status {
 pub struct NodeStatus {
     pub name: String,
     pub route: bool,
+    /// Status of the NetworkUnavailable condition (`None`: no condition).
+    pub condition_status: Option<String>,
+    pub reason: Option<String>,
+    /// Why the node blocks, in words (`None` when it has its route).
     pub why: Option<String>,
     pub since: Option<String>,
     pub deleting: bool,
@@ -155,7 +159,7 @@ pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Resu
         nodes: cache
             .nodes()
             .into_iter()
-            .map(|(name, r)| node_status(name, r))
+            .map(|(name, r)| node_status(name, r, &settings.required_reason))
             .collect(),
         gate_open: gate.is_open(),
         gate_reason: match gate {
@@ -166,22 +170,21 @@ pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Resu
     })
 }
 
-fn node_status(name: String, r: NodeRoute) -> NodeStatus {
-    match r.route {
-        Ok(since) => NodeStatus {
-            name,
-            route: true,
-            why: None,
-            since: Some(hold::format_time(since)),
-            deleting: r.deleting,
-        },
-        Err(b) => NodeStatus {
-            name,
-            route: false,
-            why: Some(b.to_string()),
-            since: None,
-            deleting: r.deleting,
-        },
+fn node_status(name: String, r: NodeRoute, required_reason: &str) -> NodeStatus {
+    let (condition_status, reason) = match &r.route {
+        Ok(_) => (Some("False".to_string()), Some(required_reason.to_string())),
+        Err(Blocker::NoCondition) => (None, None),
+        Err(Blocker::NoRouteCreated) => (Some("True".into()), Some("NoRouteCreated".into())),
+        Err(Blocker::Other { status, reason }) => (Some(status.clone()), Some(reason.clone())),
+    };
+    NodeStatus {
+        name,
+        route: r.route.is_ok(),
+        condition_status,
+        reason,
+        why: r.route.as_ref().err().map(ToString::to_string),
+        since: r.route.ok().map(hold::format_time),
+        deleting: r.deleting,
     }
 }
 
@@ -212,27 +215,37 @@ pub fn render_text(s: &Status) -> String {
         .max()
         .unwrap_or(4)
         .max(4);
+    let r = s
+        .nodes
+        .iter()
+        .filter_map(|n| n.reason.as_ref().map(String::len))
+        .max()
+        .unwrap_or(6)
+        .max(6);
     out.push_str(&format!(
-        "{:<w$}  {:<5}  {:<40}  {}\n",
-        "NODE", "ROUTE", "CONDITION", "SINCE"
+        "{:<w$}  {:<5}  {:<6}  {:<r$}  {:<20}  {}\n",
+        "NODE", "ROUTE", "STATUS", "REASON", "SINCE", "NOTE"
     ));
     for n in &s.nodes {
-        let cond = n
-            .why
-            .clone()
-            .unwrap_or_else(|| "NetworkUnavailable=False (RouteCreated)".into());
-        let cond = if n.deleting {
-            format!("{cond}, deleting")
-        } else {
-            cond
+        let note = match (&n.why, n.deleting) {
+            (Some(why), true) => format!("{why}; deleting"),
+            (Some(why), false) => why.clone(),
+            (None, true) => "deleting".into(),
+            (None, false) => String::new(),
         };
-        out.push_str(&format!(
-            "{:<w$}  {:<5}  {:<40}  {}\n",
-            n.name,
-            if n.route { "yes" } else { "no" },
-            cond,
-            n.since.as_deref().unwrap_or("-")
-        ));
+        out.push_str(
+            format!(
+                "{:<w$}  {:<5}  {:<6}  {:<r$}  {:<20}  {}",
+                n.name,
+                if n.route { "yes" } else { "no" },
+                n.condition_status.as_deref().unwrap_or("-"),
+                n.reason.as_deref().unwrap_or("-"),
+                n.since.as_deref().unwrap_or("-"),
+                note
+            )
+            .trim_end(),
+        );
+        out.push('\n');
     }
     out.push('\n');
     if s.held.is_empty() {
@@ -264,4 +277,82 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
         Output::Text => print!("{}", render_text(&status)),
     }
     Ok(if status.held.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn the_node_table_has_status_reason_and_since() {
+        let t = Timestamp::from_second(1_780_000_000).unwrap();
+        let nodes = vec![
+            node_status(
+                "a".into(),
+                NodeRoute {
+                    route: Ok(t),
+                    deleting: false,
+                },
+                "RouteCreated",
+            ),
+            node_status(
+                "b".into(),
+                NodeRoute {
+                    route: Err(Blocker::NoCondition),
+                    deleting: false,
+                },
+                "RouteCreated",
+            ),
+            node_status(
+                "c".into(),
+                NodeRoute {
+                    route: Err(Blocker::NoRouteCreated),
+                    deleting: true,
+                },
+                "RouteCreated",
+            ),
+        ];
+        let s = Status {
+            guard: true,
+            cancel_requested: false,
+            force_requested: false,
+            nodes_total: 3,
+            nodes_with_route: 1,
+            nodes,
+            gate_open: false,
+            gate_reason: Some("2 of 3 nodes have no route yet".into()),
+            held: vec![HeldStatus {
+                object: "IPPool default-ipv4-ippool".into(),
+                since: Some("2026-11-26T10:00:00Z".into()),
+                reason: "2 of 3 nodes have no route yet".into(),
+                conflict: None,
+            }],
+        };
+        let text = render_text(&s);
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}  ")))
+                .unwrap()
+                .to_string()
+        };
+        assert!(text.contains("NODE  ROUTE  STATUS  REASON"), "{text}");
+        assert!(row("a").contains("yes    False   RouteCreated"), "{text}");
+        assert!(row("a").contains(&hold::format_time(t)), "{text}");
+        assert!(
+            row("b").contains("no     -       -")
+                && row("b").ends_with("no NetworkUnavailable condition"),
+            "{text}"
+        );
+        assert!(
+            row("c").contains("True    NoRouteCreated")
+                && row("c").ends_with("NoRouteCreated; deleting"),
+            "{text}"
+        );
+        assert!(text.contains("gate:   closed: 2 of 3 nodes have no route yet"));
+        assert!(text.contains("IPPool default-ipv4-ippool  since 2026-11-26T10:00:00Z"));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["nodes"][2]["conditionStatus"], "True");
+        assert_eq!(json["nodes"][1]["conditionStatus"], serde_json::Value::Null);
+    }
 }
