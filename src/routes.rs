@@ -198,10 +198,6 @@ impl RouteCache {
         }
     }
 
-    pub fn required_reason(&self) -> &str {
-        &self.required_reason
-    }
-
     /// A receiver that wakes on every change of the cache.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()

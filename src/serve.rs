@@ -143,14 +143,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let state = AppState::new(cluster.clone(), Some(on_outcome));
-    let metrics = state.metrics().clone();
     if args.release {
         tasks.spawn(
             Releaser {
                 cluster: cluster.clone(),
                 client: client.clone(),
-                metrics: metrics.clone(),
-                events: events.clone(),
+                metrics: state.metrics().clone(),
+                events,
             }
             .run(),
         );

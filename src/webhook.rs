@@ -13,7 +13,7 @@ use crate::gate::{self, Situation, Verdict};
 use crate::held::ObjectKey;
 use crate::hold::{self, Record};
 use crate::metrics::{Decision, Metrics};
-use crate::overlay::{self, CalicoKind};
+use crate::overlay;
 use crate::toggle::CANCEL_ANNOTATION;
 
 /// What happened to one review, for the log line, metrics and events.
@@ -28,7 +28,6 @@ pub struct Outcome {
     pub verdict: &'static str,
     /// Why, when held or refused.
     pub message: Option<String>,
-    pub calico: Option<CalicoKind>,
     /// The Calico object, and its uid, for events.
     pub key: Option<ObjectKey>,
     pub object_uid: Option<String>,
@@ -56,7 +55,6 @@ impl Webhook {
                     decision: Decision::Error,
                     verdict: "malformed",
                     message: Some(message.clone()),
-                    calico: None,
                     key: None,
                     object_uid: None,
                 };
@@ -87,7 +85,6 @@ impl Webhook {
             decision: Decision::Allowed,
             verdict: "admit",
             message: None,
-            calico: None,
             key: None,
             object_uid: None,
         };
@@ -99,7 +96,6 @@ impl Webhook {
             req.namespace.as_deref(),
             &req.name,
         );
-        outcome.calico = calico;
         // CREATE, DELETE and CONNECT are never held; other objects get no patch.
         let (Some(kind), Operation::Update) = (calico, &req.operation) else {
             return (allow, outcome);
