@@ -172,12 +172,13 @@ fn guard_off_rollbacks_and_zero_nodes_pass() {
 }
 
 #[test]
-fn upstream_calico_pools_are_guarded_including_cross_subnet() {
+fn upstream_calico_and_gardener_vxlan_objects_are_guarded_including_cross_subnet() {
     let env = Env::start(&["--release=false"]);
     env.install_ippool_crd();
     env.create(&[
         "upstream-calico/ippool-ipip.yaml",
-        "gardener-calico/overlay-ipip/configmap-calico-config.yaml",
+        "upstream-calico/configmap-calico-config.yaml",
+        "upstream-calico/daemonset-calico-node.yaml",
     ]);
     env.add_node("node-a", Cond::NoRoute);
     env.server.wait_ready();
@@ -209,6 +210,80 @@ fn upstream_calico_pools_are_guarded_including_cross_subnet() {
         "--dry-run=server",
     ]);
     assert!(ok && !err.contains("held"), "{err}");
+
+    // Upstream calico-node: lowering CALICO_IPV4POOL_IPIP alone is held.
+    let (ok, out, err) = env.kubectl_raw(&[
+        "-n",
+        "kube-system",
+        "set",
+        "env",
+        "daemonset/calico-node",
+        "-c",
+        "calico-node",
+        "CALICO_IPV4POOL_IPIP=CrossSubnet",
+        "--dry-run=server",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        env_value(&parse_json(&out), "CALICO_IPV4POOL_IPIP").as_deref(),
+        Some("Always")
+    );
+    assert!(err.contains("overlay switch held"), "{err}");
+    // ... and so is its ConfigMap's calico_backend bird -> none.
+    let (ok, out, err) = env.kubectl_raw(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "configmap",
+        "calico-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"calico_backend":"none"}}"#,
+        "--dry-run=server",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(parse_json(&out)["data"]["calico_backend"], "bird");
+    assert!(err.contains("overlay switch held"), "{err}");
+
+    // Gardener's VXLAN variant: each object's switch to native is held.
+    // (IPIP -> VXLAN lowers IPIP, a switch of its own: done with the guard off.)
+    env.set_guard(false);
+    for f in [
+        "gardener-calico/overlay-vxlan/ippool-default-ipv4.yaml",
+        "gardener-calico/overlay-vxlan/configmap-calico-config.yaml",
+        "gardener-calico/overlay-vxlan/daemonset-calico-node.yaml",
+    ] {
+        let (ok, _, err) = env.apply(f, &["--server-side", "--force-conflicts"]);
+        assert!(ok && !err.contains("held"), "{err}");
+    }
+    env.set_guard(true);
+    for native in [NATIVE_POOL, NATIVE_CM, NATIVE_DS] {
+        let (ok, out, err) = env.apply(
+            native,
+            &[
+                "--dry-run=server",
+                "--server-side",
+                "--force-conflicts",
+                "-o",
+                "json",
+            ],
+        );
+        assert!(ok, "{err}");
+        assert!(err.contains("overlay switch held"), "{native}: {err}");
+        let obj = parse_json(&out);
+        match obj["kind"].as_str().unwrap() {
+            "IPPool" => assert_eq!(obj["spec"]["vxlanMode"], "Always"),
+            "ConfigMap" => assert_eq!(obj["data"]["calico_backend"], "vxlan"),
+            _ => assert_eq!(
+                env_value(&obj, "CALICO_IPV4POOL_VXLAN").as_deref(),
+                Some("Always")
+            ),
+        }
+    }
 }
 
 #[test]
