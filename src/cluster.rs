@@ -123,20 +123,31 @@ impl Cluster {
     }
 
     /// Starts the watches of this cluster; they run until the set is dropped.
-    pub fn spawn_watches(&self, client: &Client, tasks: &mut tokio::task::JoinSet<()>) {
+    /// `watch_timeout`: how long one watch request lasts before it is
+    /// renewed (each renewal is authorized and checked anew); `None` for
+    /// kube-rs' default (290 s).
+    pub fn spawn_watches(
+        &self,
+        client: &Client,
+        watch_timeout: Option<u32>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
         let b = Backoff::default();
+        let config = || match watch_timeout {
+            Some(t) => watcher::Config::default().timeout(t),
+            None => watcher::Config::default(),
+        };
         tasks.spawn(keep_watching(
             "nodes",
             Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
+            config(),
             self.routes.clone(),
             b,
         ));
         tasks.spawn(keep_watching(
             "toggle-namespace",
             Api::<Namespace>::all(client.clone()),
-            watcher::Config::default()
-                .fields(&format!("metadata.name={}", self.settings.calico_namespace)),
+            config().fields(&format!("metadata.name={}", self.settings.calico_namespace)),
             self.toggle.clone(),
             b,
         ));
@@ -144,23 +155,21 @@ impl Cluster {
         tasks.spawn(keep_watching(
             "calico-daemonset",
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &daemonset_resource()),
-            watcher::Config::default()
-                .fields(&format!("metadata.name={}", self.settings.daemonset_name)),
+            config().fields(&format!("metadata.name={}", self.settings.daemonset_name)),
             Arc::new(self.held.store(CalicoKind::DaemonSet)),
             b,
         ));
         tasks.spawn(keep_watching(
             "calico-configmap",
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &configmap_resource()),
-            watcher::Config::default()
-                .fields(&format!("metadata.name={}", self.settings.configmap_name)),
+            config().fields(&format!("metadata.name={}", self.settings.configmap_name)),
             Arc::new(self.held.store(CalicoKind::ConfigMap)),
             b,
         ));
         tasks.spawn(keep_watching(
             "calico-ippools",
             Api::<DynamicObject>::all_with(client.clone(), &ippool_resource()),
-            watcher::Config::default(),
+            config(),
             Arc::new(self.held.store(CalicoKind::IpPool)),
             b,
         ));

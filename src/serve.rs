@@ -40,6 +40,11 @@ pub struct ServeArgs {
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// How long one watch request lasts before it is renewed (seconds; at
+    /// most 290, kube-rs' default). Shorter means a revoked permission or a
+    /// silently dead connection is noticed sooner.
+    #[arg(long, default_value_t = 290, value_parser = clap::value_parser!(u32).range(1..=290))]
+    pub watch_timeout: u32,
     /// Release held switches by itself once the gate opens (and honour the
     /// cancel/force annotations). `--release=false` leaves holds to the
     /// operator's next apply.
@@ -115,7 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let cluster = Cluster::new(args.cluster.settings());
     let mut tasks = tokio::task::JoinSet::new();
-    cluster.spawn_watches(&client, &mut tasks);
+    cluster.spawn_watches(&client, Some(args.watch_timeout), &mut tasks);
     tasks.spawn(certs.clone().watch(args.tls_reload_interval));
 
     let events = Events::new(client.clone(), args.pod_name.clone());

@@ -413,3 +413,58 @@ fn unknown_route_state_holds_until_the_node_watch_syncs() {
     let (pool, err) = dry_run(&env, NATIVE_POOL);
     assert_eq!(pool["spec"]["ipipMode"], "Never", "{err}");
 }
+
+#[test]
+fn a_broken_node_watch_holds_until_it_is_listed_again() {
+    let cp = controlplane::ControlPlane::start().expect("control plane");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = sa_kubeconfig(
+        &cp,
+        dir.path(),
+        &[
+            ("namespaces", ""),
+            ("daemonsets", "apps"),
+            ("configmaps", ""),
+            ("ippools", "crd.projectcalico.org"),
+        ],
+    );
+    grant(&cp, &[("nodes", "")], "nodes");
+    // Watches renewed every 2 s: a revoked permission shows at the next renewal.
+    let server = Server::start(
+        dir.path(),
+        &kubeconfig,
+        &["--release=false", "--watch-timeout", "2"],
+    );
+    let env = Env { server, cp, dir };
+    env.register_webhook();
+    env.calico_cluster(&[("node-a", Cond::Routed)], true);
+    let (pool, err) = dry_run(&env, NATIVE_POOL);
+    assert_eq!(
+        pool["spec"]["ipipMode"], "Never",
+        "passes while known: {err}"
+    );
+
+    // The node watch breaks (its permission is revoked): the route state is
+    // unknown, so the same switch is held, and the server is not ready.
+    env.kubectl(&["delete", "clusterrolebinding", "osw-e2e-nodes"]);
+    eventually("node watch lost", Duration::from_secs(30), || {
+        (!env.server.ready()).then_some(())
+    });
+    let (pool, err) = dry_run(&env, NATIVE_POOL);
+    assert_eq!(pool["spec"]["ipipMode"], "Always");
+    assert!(
+        err.contains("overlay switch held: node route state unknown"),
+        "{err}"
+    );
+    assert!(
+        env.server
+            .log_text()
+            .contains("state unknown until it is listed again")
+    );
+
+    // Permission back: listed again, known again, passes again.
+    grant(&env.cp, &[("nodes", "")], "nodes");
+    env.server.wait_ready();
+    let (pool, err) = dry_run(&env, NATIVE_POOL);
+    assert_eq!(pool["spec"]["ipipMode"], "Never", "{err}");
+}
