@@ -288,7 +288,19 @@ fn keyed_list_diff(
                     let item = left.remove(p);
                     left.insert(j, item);
                 }
+                // Changes inside a named item first check that the item at
+                // that position is still the one of that name: a list that
+                // shifted meanwhile is a conflict, never a change to the
+                // wrong container or env var.
+                let mark = ops.len();
                 guarded_diff(left[j], want, &at, ops);
+                if ops.len() > mark {
+                    let name_test = PatchOperation::Test(TestOperation {
+                        path: at.with_trailing_token(key),
+                        value: Value::String(k.clone()),
+                    });
+                    ops.insert(mark, name_test);
+                }
             }
             None => {
                 ops.push(PatchOperation::Add(AddOperation {
@@ -598,7 +610,7 @@ mod tests {
         let text = serde_json::to_string(&ops).unwrap();
         assert_eq!(
             text,
-            r#"[{"op":"add","path":"/env/1","value":{"name":"X","value":"0"}},{"op":"test","path":"/env/2/value","value":"2"},{"op":"replace","path":"/env/2/value","value":"3"}]"#
+            r#"[{"op":"add","path":"/env/1","value":{"name":"X","value":"0"}},{"op":"test","path":"/env/2/name","value":"B"},{"op":"test","path":"/env/2/value","value":"2"},{"op":"replace","path":"/env/2/value","value":"3"}]"#
         );
         // Reordering is a guarded move.
         let swapped = json!({"env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]});
@@ -673,5 +685,26 @@ mod tests {
                 proptest::prop_assert!(released(&changed, &rec, "release").is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_shifted_named_list_is_a_conflict_not_a_change_to_the_wrong_item() {
+        // The held change lowers A (index 1); meanwhile the item before it is
+        // removed, so index 1 is now B, which happens to have the same value.
+        let from = json!({"spec": {"env": [{"name": "X", "value": "1"}, {"name": "A", "value": "true"}, {"name": "B", "value": "true"}]}});
+        let to = json!({"spec": {"env": [{"name": "X", "value": "1"}, {"name": "A", "value": "false"}, {"name": "B", "value": "true"}]}});
+        let rec = Record {
+            intent: intent(CalicoKind::IpPool, &from, &to),
+            since: Timestamp::UNIX_EPOCH,
+            reason: String::new(),
+        };
+        let shifted = json!({"spec": {"env": [{"name": "A", "value": "true"}, {"name": "B", "value": "true"}]}});
+        let err = released(&shifted, &rec, "release").unwrap_err();
+        assert!(err.path.ends_with("/env/1/name"), "{err}");
+        // Unshifted, it applies.
+        assert_eq!(
+            released(&from, &rec, "release").unwrap()["spec"],
+            to["spec"]
+        );
     }
 }
