@@ -104,6 +104,27 @@ impl Record {
         }))
     }
 
+    /// A recorded change may only touch the held part of its kind: a record
+    /// that reaches elsewhere (hand-made, or planted) is refused.
+    pub fn check_scope(&self, kind: CalicoKind) -> Result<(), Conflict> {
+        let root = held_pointer(kind);
+        for op in &self.intent.0 {
+            let mut paths = vec![op.path().to_string()];
+            if let PatchOperation::Move(m) = op {
+                paths.push(m.from.to_string());
+            }
+            for p in paths {
+                if p != root && !p.starts_with(&format!("{root}/")) {
+                    return Err(Conflict {
+                        path: p,
+                        reason: format!("the recorded change reaches outside {root}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn annotation_values(&self) -> Result<[(&'static str, String); 3], RecordError> {
         let intent = serde_json::to_string(&self.intent).expect("patch serializes");
         if intent.len() > MAX_INTENT_BYTES {
@@ -705,6 +726,40 @@ mod tests {
         assert_eq!(
             released(&from, &rec, "release").unwrap()["spec"],
             to["spec"]
+        );
+    }
+
+    #[test]
+    fn a_record_reaching_outside_the_held_part_is_refused() {
+        let rec = |ops: &str| Record {
+            intent: serde_json::from_str(ops).unwrap(),
+            since: Timestamp::UNIX_EPOCH,
+            reason: String::new(),
+        };
+        assert!(
+            rec(r#"[{"op":"replace","path":"/spec/template/x","value":1}]"#)
+                .check_scope(CalicoKind::DaemonSet)
+                .is_ok()
+        );
+        assert!(
+            rec(r#"[{"op":"replace","path":"/metadata","value":"x"}]"#)
+                .check_scope(CalicoKind::DaemonSet)
+                .is_err()
+        );
+        assert!(
+            rec(r#"[{"op":"replace","path":"/spec/templateX","value":1}]"#)
+                .check_scope(CalicoKind::DaemonSet)
+                .is_err()
+        );
+        assert!(
+            rec(r#"[{"op":"move","from":"/metadata/name","path":"/data/x"}]"#)
+                .check_scope(CalicoKind::ConfigMap)
+                .is_err()
+        );
+        assert!(
+            rec(r#"[{"op":"add","path":"/data","value":{}}]"#)
+                .check_scope(CalicoKind::ConfigMap)
+                .is_ok()
         );
     }
 }

@@ -17,7 +17,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource as _};
-use serde_json::Value;
 
 use crate::cluster::{Cluster, configmap_resource, daemonset_resource, ippool_resource};
 use crate::gate::{self, Gate};
@@ -160,6 +159,21 @@ fn released_note(held_secs: i64, forced: Option<&str>) -> String {
     }
 }
 
+/// What a release or cancel would write for one object.
+enum Next {
+    /// Nothing to do (no record any more).
+    Skip,
+    Conflict(String),
+    Write(Box<DynamicObject>, Option<Timestamp>),
+}
+
+fn has_record(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(hold::INTENT_ANNOTATION))
+}
+
 /// What one pass did, for logs and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
@@ -195,6 +209,13 @@ impl Releaser {
         let mut retry = Duration::from_millis(500);
         loop {
             let wait = match self.pass().await {
+                Ok(report) if !report.held_again.is_empty() => {
+                    // Raced with a newer change or the webhook's own view:
+                    // look again soon, with back-off.
+                    let r = retry;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                    Some(r)
+                }
                 Ok(report) => {
                     retry = Duration::from_millis(500);
                     if !report.conflicts.is_empty() {
@@ -280,7 +301,7 @@ impl Releaser {
         };
         // All or nothing: if any recorded change no longer applies, release
         // none, so that a conflict never leaves the cluster half switched.
-        if !self.preflight(&held, &mut report).await? {
+        if !self.preflight(&held, &action, &mut report).await? {
             return Ok(report);
         }
         for h in &held {
@@ -291,6 +312,11 @@ impl Releaser {
                 &mut report,
             )
             .await?;
+            // Stop at the first object that did not go through: the rest
+            // waits for the next pass rather than leave a half switch.
+            if !report.conflicts.is_empty() || !report.held_again.is_empty() {
+                break;
+            }
         }
         // The force is honoured once: removed when nothing it was for is left.
         if toggle.force && report.conflicts.is_empty() && report.held_again.is_empty() {
@@ -302,25 +328,89 @@ impl Releaser {
         Ok(report)
     }
 
-    /// Checks that every held change applies onto its object as it is now;
-    /// reports each one that does not. True when all do.
+    /// What `action` would write for the object as it is now.
+    fn next_object(&self, h: &HeldObject, current: &DynamicObject, action: &Action) -> Next {
+        let value = serde_json::to_value(current).expect("object encodes");
+        let kind: crate::overlay::CalicoKind = h.key.kind.into();
+        let (next, since) = match action {
+            // A cancel needs no readable record: it only removes it.
+            Action::Cancel => {
+                if value
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(hold::INTENT_ANNOTATION))
+                    .is_none()
+                {
+                    return Next::Skip;
+                }
+                let since = Record::read(&value).ok().flatten().map(|r| r.since);
+                (hold::cancelled(&value, "cancel"), since)
+            }
+            Action::Release { .. } => {
+                let record = match Record::read(&value) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Next::Skip, // released or cancelled meanwhile
+                    Err(e) => return Next::Conflict(format!("the held record is damaged: {e}")),
+                };
+                let released = record
+                    .check_scope(kind)
+                    .and_then(|()| hold::released(&value, &record, "release"));
+                match released {
+                    Ok(v) => (v, Some(record.since)),
+                    Err(c) => return Next::Conflict(c.to_string()),
+                }
+            }
+        };
+        match serde_json::from_value(next) {
+            Ok(obj) => Next::Write(Box::new(obj), since),
+            Err(e) => Next::Conflict(format!("the released object is not valid: {e}")),
+        }
+    }
+
+    /// All or nothing: every held change must apply onto its object as it is
+    /// now, and the API server (with this webhook) must accept the write, as
+    /// a server-side dry run shows, before anything is written. Reports each
+    /// one that would fail. True when all would succeed.
     async fn preflight(
         &self,
         held: &[HeldObject],
+        action: &Action,
         report: &mut PassReport,
     ) -> Result<bool, kube::Error> {
         for h in held {
-            let Some(current) = api(&self.client, &h.key).get_opt(&h.key.name).await? else {
+            let api = api(&self.client, &h.key);
+            let Some(current) = api.get_opt(&h.key.name).await? else {
                 continue;
             };
-            let value = serde_json::to_value(&current).expect("object encodes");
-            let why = match Record::read(&value) {
-                Ok(None) => continue,
-                Ok(Some(r)) => match hold::released(&value, &r, "release") {
-                    Ok(_) => continue,
-                    Err(c) => c.to_string(),
-                },
-                Err(e) => format!("the held record is damaged: {e}"),
+            let why = match self.next_object(h, &current, action) {
+                Next::Skip => continue,
+                Next::Conflict(why) => why,
+                Next::Write(next, _) => {
+                    let dry = PostParams {
+                        dry_run: true,
+                        ..PostParams::default()
+                    };
+                    match api.replace(&h.key.name, &dry, &next).await {
+                        Ok(out) if !has_record(&out) => continue,
+                        Ok(out) => format!(
+                            "the webhook would hold it again: {}",
+                            out.metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(hold::REASON_ANNOTATION))
+                                .map(String::as_str)
+                                .unwrap_or("no reason given")
+                        ),
+                        // A newer change arrived meanwhile: look again next pass.
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            report.held_again.push(h.key.to_string());
+                            return Ok(false);
+                        }
+                        Err(kube::Error::Api(s)) => {
+                            format!("the API server refuses the write: {}", s.message)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             };
             self.conflict(h, &current, &format!("{:?}", h.key.kind), why)
                 .await;
@@ -342,47 +432,29 @@ impl Releaser {
             let Some(current) = api.get_opt(&h.key.name).await? else {
                 return Ok(()); // gone
             };
-            let value = serde_json::to_value(&current).expect("object encodes");
-            let record = match Record::read(&value) {
-                Ok(Some(r)) => r,
-                Ok(None) => return Ok(()), // released or cancelled meanwhile
-                Err(e) => {
-                    self.conflict(
-                        h,
-                        &current,
-                        &kind,
-                        format!("the held record is damaged: {e}"),
-                    )
-                    .await;
+            let (next, since) = match self.next_object(h, &current, action) {
+                Next::Skip => return Ok(()),
+                Next::Conflict(why) => {
+                    self.conflict(h, &current, &kind, why).await;
                     report.conflicts.push(h.key.to_string());
                     return Ok(());
                 }
+                Next::Write(next, since) => (next, since),
             };
-            let next: Value = match action {
-                Action::Cancel => hold::cancelled(&value, "cancel"),
-                Action::Release { .. } => match hold::released(&value, &record, "release") {
-                    Ok(v) => v,
-                    Err(c) => {
-                        self.conflict(h, &current, &kind, c.to_string()).await;
-                        report.conflicts.push(h.key.to_string());
-                        return Ok(());
-                    }
-                },
-            };
-            let next: DynamicObject = serde_json::from_value(next).expect("object decodes");
             match api
                 .replace(&h.key.name, &PostParams::default(), &next)
                 .await
             {
                 Ok(written) => {
-                    let written_value = serde_json::to_value(&written).expect("object encodes");
-                    if Record::read(&written_value).ok().flatten().is_some() {
+                    if has_record(&written) {
                         // The webhook held it again (its gate closed meanwhile).
-                        tracing::info!(object = %h.key, "release was held again by the webhook; waiting");
+                        tracing::info!(object = %h.key, "release was held again by the webhook; retrying");
                         report.held_again.push(h.key.to_string());
                         return Ok(());
                     }
-                    let held_for = Timestamp::now().duration_since(record.since);
+                    let held_secs = since
+                        .map(|s| Timestamp::now().duration_since(s).as_secs().max(0))
+                        .unwrap_or(0);
                     match action {
                         Action::Release { forced } => {
                             self.metrics
@@ -402,7 +474,7 @@ impl Releaser {
                                     written.metadata.uid.clone(),
                                     EventType::Normal,
                                     "OverlaySwitchReleased",
-                                    released_note(held_for.as_secs().max(0), forced.as_deref()),
+                                    released_note(held_secs, forced.as_deref()),
                                     Duration::ZERO,
                                 )
                                 .await;
@@ -411,7 +483,7 @@ impl Releaser {
                         Action::Cancel => {
                             self.events
                                 .publish(&h.key, written.metadata.uid.clone(), EventType::Normal, "OverlaySwitchCancelled",
-                                    format!("held overlay switch cancelled by the operator after {}s; the overlay configuration stays", held_for.as_secs().max(0)),
+                                    format!("held overlay switch cancelled by the operator after {held_secs}s; the overlay configuration stays"),
                                     Duration::ZERO)
                                 .await;
                             report.cancelled.push(h.key.to_string());
@@ -426,6 +498,8 @@ impl Releaser {
                 Err(e) => return Err(e),
             }
         }
+        // Still conflicting after several reads: try again later, with back-off.
+        report.held_again.push(h.key.to_string());
         Ok(())
     }
 

@@ -137,7 +137,9 @@ pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Resu
                 object: key.to_string(),
                 since: Some(hold::format_time(r.since)),
                 reason: r.reason.clone(),
-                conflict: hold::released(&value, &r, "release")
+                conflict: r
+                    .check_scope(key.kind.into())
+                    .and_then(|()| hold::released(&value, &r, "release"))
                     .err()
                     .map(|c| c.to_string()),
             }),
