@@ -181,7 +181,9 @@ impl HeldRegistry {
 
 fn held_entry(kind: CalicoKindName, obj: &DynamicObject) -> Option<(ObjectKey, HeldObject)> {
     let annotations = obj.metadata.annotations.as_ref()?;
-    annotations.get(INTENT_ANNOTATION)?;
+    // A record that cannot be read is not a hold (the webhook ignores it and
+    // says so in its response).
+    serde_json::from_str::<json_patch::Patch>(annotations.get(INTENT_ANNOTATION)?).ok()?;
     let key = ObjectKey {
         kind,
         namespace: obj.metadata.namespace.clone(),
@@ -259,8 +261,14 @@ impl crate::watch::Store<DynamicObject> for KindStore {
 
     fn apply(&self, obj: DynamicObject) {
         let key = key_of(self.kind, &obj);
-        self.registry.forget_local_hold(&key);
-        self.with(|p| match held_entry(self.kind, &obj) {
+        let entry = held_entry(self.kind, &obj);
+        // Only an event that shows the record replaces our own note of the
+        // hold: an older event (a status update written before the hold was
+        // stored) must not make the object look free.
+        if entry.is_some() {
+            self.registry.forget_local_hold(&key);
+        }
+        self.with(|p| match entry {
             Some((k, h)) => {
                 p.held.insert(k, h);
             }
@@ -385,10 +393,16 @@ mod tests {
         );
         r.note_local_hold(cm.clone());
         assert_eq!(r.held().unwrap().len(), 1);
-        // The watch shows the object without a record (e.g. the update failed later).
-        r.store(CalicoKind::ConfigMap)
-            .apply(obj(Some("kube-system"), "calico-config", false));
-        assert_eq!(r.held().unwrap().len(), 0);
+        // An event without the record (older than the hold, or the update
+        // failed later) does not drop the note: it lasts its TTL.
+        let store = r.store(CalicoKind::ConfigMap);
+        store.apply(obj(Some("kube-system"), "calico-config", false));
+        assert_eq!(r.held().unwrap().len(), 1);
+        // The event with the record takes over from the note.
+        store.apply(obj(Some("kube-system"), "calico-config", true));
+        assert_eq!(r.held().unwrap().len(), 1);
+        store.apply(obj(Some("kube-system"), "calico-config", false));
+        assert_eq!(r.held().unwrap().len(), 0, "released: the note is gone too");
     }
 
     #[test]

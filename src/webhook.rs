@@ -141,8 +141,18 @@ impl Webhook {
             .map(String::from);
         let routes = self.cluster.routes.snapshot(settings.max_named_nodes);
         let others = self.cluster.held.others(&key);
-        let old_record = Record::read(old);
-        let old_has_record = !matches!(old_record, Ok(None));
+        // A record that cannot be read cannot be released either: it is
+        // ignored, and the response says so (never silently).
+        let (old_record, damaged) = match Record::read(old) {
+            Ok(r) => (r, None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "overlay switch record on this object is damaged and is ignored: {e}"
+                )),
+            ),
+        };
+        let old_has_record = old_record.is_some();
         let situation = Situation {
             toggle,
             routes: &routes,
@@ -161,12 +171,11 @@ impl Webhook {
                 resp.with_patch(patch).expect("a JSON patch serializes")
             }
         };
-        match verdict {
+        let (mut resp, outcome) = match verdict {
             // (strips a stray action marker, if any)
-            Verdict::Admit => (
-                with_patch(allow, hold::keep_record_patch(old, new)),
-                outcome,
-            ),
+            // Nothing held here: a record or action marker the update brings
+            // along (a copied manifest, a planted annotation) is removed.
+            Verdict::Admit => (with_patch(allow, hold::clear_record_patch(new)), outcome),
             Verdict::Pass { released } => {
                 outcome.verdict = if released { "released" } else { "passed" };
                 if !req.dry_run {
@@ -187,25 +196,19 @@ impl Webhook {
             Verdict::KeepRecord => {
                 outcome.verdict = "pending";
                 let mut resp = with_patch(allow, hold::keep_record_patch(old, new));
-                let warning = match &old_record {
-                    Ok(Some(r)) => format!(
-                        "overlay switch pending since {} ({}); this update went through and keeps it; cancel with: kubectl annotate namespace {} {CANCEL_ANNOTATION}=true",
-                        hold::format_time(r.since),
-                        r.reason,
-                        settings.calico_namespace
-                    ),
-                    Err(e) => format!("overlay switch pending, but its record is damaged: {e}"),
-                    Ok(None) => unreachable!("KeepRecord needs a record"),
-                };
+                let r = old_record.as_ref().expect("KeepRecord needs a record");
+                let warning = format!(
+                    "overlay switch pending since {} ({}); this update went through and keeps it; cancel with: kubectl annotate namespace {} {CANCEL_ANNOTATION}=true",
+                    hold::format_time(r.since),
+                    r.reason,
+                    settings.calico_namespace
+                );
                 resp.warnings = Some(vec![warning]);
                 (resp, outcome)
             }
             Verdict::Hold(why) => {
                 let switch = switch.expect("only switches are held");
-                let since = match &old_record {
-                    Ok(Some(r)) => r.since,
-                    _ => now,
-                };
+                let since = old_record.as_ref().map_or(now, |r| r.since);
                 let record = Record {
                     intent: hold::intent(kind, old, new),
                     since,
@@ -234,6 +237,10 @@ impl Webhook {
                 resp.warnings = Some(vec![format!("overlay switch held: {why}")]);
                 (resp, outcome)
             }
+        };
+        if let Some(w) = damaged {
+            resp.warnings.get_or_insert_with(Vec::new).push(w);
         }
+        (resp, outcome)
     }
 }
