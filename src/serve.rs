@@ -204,7 +204,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
     };
 
-    server::shutdown_signal().await;
+    // The watches, the certificate watch and the release controller run
+    // for ever: one that ends (a panic) would leave a cache frozen or holds
+    // unreleased while the server looked healthy. Exit instead, so the pod
+    // restarts and lists everything anew.
+    let failed = tokio::select! {
+        () = server::shutdown_signal() => None,
+        Some(ended) = tasks.join_next() => Some(ended),
+    };
+    if let Some(ended) = &failed {
+        let why = match ended {
+            Err(e) if e.is_panic() => "panicked".to_string(),
+            Err(e) => e.to_string(),
+            Ok(()) => "ended".to_string(),
+        };
+        tracing::error!(task = %why, "a background task stopped; shutting down");
+    }
     // Not ready first, so that the Service stops sending reviews here, while
     // reviews already on their way are still answered.
     state.shutting_down.store(true, Ordering::Relaxed);
@@ -214,7 +229,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = admin_task.await;
     tasks.abort_all();
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(_) => anyhow::bail!("a background task stopped (see the log)"),
+    }
 }
 
 #[cfg(test)]

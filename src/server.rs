@@ -29,7 +29,6 @@ pub type OutcomeHook = Arc<dyn Fn(&Outcome) + Send + Sync>;
 pub struct AppState {
     pub webhook: Webhook,
     pub registry: Registry,
-    pub tls_loaded: AtomicBool,
     pub shutting_down: AtomicBool,
     pub on_outcome: Option<OutcomeHook>,
 }
@@ -44,7 +43,6 @@ impl AppState {
         Arc::new(Self {
             webhook: Webhook { cluster, metrics },
             registry,
-            tls_loaded: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
             on_outcome,
         })
@@ -54,12 +52,12 @@ impl AppState {
         &self.webhook.metrics
     }
 
+    /// Ready when every watch has synced. (TLS needs no check here: the
+    /// server does not listen until its certificate is loaded, and a broken
+    /// rotation keeps the previous pair.)
     pub fn ready(&self) -> Result<(), String> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err("shutting down".into());
-        }
-        if !self.tls_loaded.load(Ordering::Relaxed) {
-            return Err("TLS config not loaded".into());
         }
         let c = &self.webhook.cluster;
         let mut missing = vec![];
