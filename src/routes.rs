@@ -128,6 +128,8 @@ struct Inner {
     blockers: BTreeMap<String, Blocker>,
     all_routed_since: Option<Timestamp>,
     relist: Option<HashMap<String, NodeRoute>>,
+    /// A list has completed before (this is a re-list after a broken watch).
+    listed_before: bool,
     /// Bumped on every change, for waiters.
     generation: u64,
 }
@@ -282,18 +284,25 @@ impl crate::watch::Store<Node> for RouteCache {
     fn relist_done(&self) {
         self.update(|i| {
             let listed = i.relist.take().unwrap_or_default();
-            // A node that kept its route across a re-list keeps its "since".
+            let now = Timestamp::now();
             let mut merged = HashMap::with_capacity(listed.len());
             for (name, mut entry) in listed {
-                if let (Ok(new_since), Some(Ok(old_since))) =
-                    (&entry.route, i.nodes.get(&name).map(|e| &e.route))
-                    && old_since > new_since
-                {
-                    entry.route = Ok(*old_since);
+                if let Ok(new_since) = &mut entry.route {
+                    match i.nodes.get(&name).map(|e| &e.route) {
+                        // Kept its route across the re-list: keeps its "since".
+                        Some(Ok(old_since)) => *new_since = (*old_since).max(*new_since),
+                        // Got its route while the watch was broken: counts from
+                        // now at the earliest, as if seen appearing now (a
+                        // controller clock behind ours cannot shorten the settle).
+                        _ if i.listed_before => *new_since = (*new_since).max(now),
+                        // The first list: the condition's own transition time.
+                        _ => {}
+                    }
                 }
                 merged.insert(name, entry);
             }
             i.nodes = merged;
+            i.listed_before = true;
             i.rebuild();
             i.synced = true;
         });
@@ -530,5 +539,34 @@ mod tests {
         assert!(!rx.has_changed().unwrap());
         c.apply(node("b", Some(("False", "RouteCreated", 2))));
         assert!(rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_route_that_appeared_during_a_broken_watch_counts_from_the_relist() {
+        let c = RouteCache::new(DEFAULT_REASON);
+        listed(
+            &c,
+            vec![
+                node("a", Some(("False", "RouteCreated", 1))),
+                node("b", None),
+            ],
+        );
+        c.lost();
+        let before = Timestamp::now();
+        // b got its route while we were not watching; its controller says second 5.
+        listed(
+            &c,
+            vec![
+                node("a", Some(("False", "RouteCreated", 1))),
+                node("b", Some(("False", "RouteCreated", 5))),
+            ],
+        );
+        let s = c.snapshot(1);
+        assert!(
+            s.all_routed_since.unwrap() >= before,
+            "settle counts from the re-list"
+        );
+        // a kept its route: its time is unchanged.
+        assert_eq!(c.nodes()[0].1.route, Ok(Timestamp::from_second(1).unwrap()));
     }
 }
