@@ -373,11 +373,12 @@ fn a_cluster_never_ends_up_half_switched_when_the_gate_opens_between_updates() {
     );
 }
 
-#[test]
-fn unknown_route_state_holds_until_the_node_watch_syncs() {
+/// The server running as a ServiceAccount that may read namespaces and the
+/// Calico objects; nodes too only with `nodes` (granted as "osw-e2e-nodes",
+/// so a test can revoke it), and registered as the webhook.
+fn start_as_reader(nodes: bool, extra: &[&str]) -> Env {
     let cp = controlplane::ControlPlane::start().expect("control plane");
     let dir = tempfile::tempdir().unwrap();
-    // The webhook's identity may read namespaces and Calico objects, not nodes (yet).
     let kubeconfig = sa_kubeconfig(
         &cp,
         dir.path(),
@@ -388,9 +389,19 @@ fn unknown_route_state_holds_until_the_node_watch_syncs() {
             ("ippools", "crd.projectcalico.org"),
         ],
     );
-    let server = Server::start(dir.path(), &kubeconfig, &["--release=false"]);
+    if nodes {
+        grant(&cp, &[("nodes", "")], "nodes");
+    }
+    let server = Server::start(dir.path(), &kubeconfig, extra);
     let env = Env { server, cp, dir };
     env.register_webhook();
+    env
+}
+
+#[test]
+fn unknown_route_state_holds_until_the_node_watch_syncs() {
+    // The webhook's identity may read namespaces and Calico objects, not nodes (yet).
+    let env = start_as_reader(false, &["--release=false"]);
     env.install_ippool_crd();
     env.create(&OVERLAY);
     env.add_node("node-a", Cond::Routed);
@@ -416,27 +427,8 @@ fn unknown_route_state_holds_until_the_node_watch_syncs() {
 
 #[test]
 fn a_broken_node_watch_holds_until_it_is_listed_again() {
-    let cp = controlplane::ControlPlane::start().expect("control plane");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = sa_kubeconfig(
-        &cp,
-        dir.path(),
-        &[
-            ("namespaces", ""),
-            ("daemonsets", "apps"),
-            ("configmaps", ""),
-            ("ippools", "crd.projectcalico.org"),
-        ],
-    );
-    grant(&cp, &[("nodes", "")], "nodes");
     // Watches renewed every 2 s: a revoked permission shows at the next renewal.
-    let server = Server::start(
-        dir.path(),
-        &kubeconfig,
-        &["--release=false", "--watch-timeout", "2"],
-    );
-    let env = Env { server, cp, dir };
-    env.register_webhook();
+    let env = start_as_reader(true, &["--release=false", "--watch-timeout", "2"]);
     env.calico_cluster(&[("node-a", Cond::Routed)], true);
     let (pool, err) = dry_run(&env, NATIVE_POOL);
     assert_eq!(
