@@ -860,38 +860,42 @@ mod tests {
 
     #[test]
     fn sources_name_where_each_setting_is_read() {
-        assert_eq!(
-            Setting::PoolIpip.source(CalicoKind::IpPool),
-            "spec.ipipMode"
-        );
-        assert_eq!(
-            Setting::PoolVxlan.source(CalicoKind::IpPool),
-            "spec.vxlanMode"
-        );
-        assert_eq!(
-            Setting::Backend.source(CalicoKind::ConfigMap),
-            "data.calico_backend"
-        );
-        assert_eq!(
-            Setting::PoolIpip.source(CalicoKind::DaemonSet),
-            "env CALICO_IPV4POOL_IPIP"
-        );
-        assert_eq!(
-            Setting::PoolVxlan.source(CalicoKind::DaemonSet),
-            "env CALICO_IPV4POOL_VXLAN"
-        );
-        assert_eq!(
-            Setting::FelixIpip.source(CalicoKind::DaemonSet),
-            "env FELIX_IPINIPENABLED"
-        );
-        assert_eq!(
-            Setting::FelixVxlan.source(CalicoKind::DaemonSet),
-            "env FELIX_VXLANENABLED"
-        );
-        assert_eq!(
-            Setting::Backend.source(CalicoKind::DaemonSet),
-            "env CALICO_NETWORKING_BACKEND"
-        );
+        for (setting, kind, source) in [
+            (Setting::PoolIpip, CalicoKind::IpPool, "spec.ipipMode"),
+            (Setting::PoolVxlan, CalicoKind::IpPool, "spec.vxlanMode"),
+            (
+                Setting::Backend,
+                CalicoKind::ConfigMap,
+                "data.calico_backend",
+            ),
+            (
+                Setting::PoolIpip,
+                CalicoKind::DaemonSet,
+                "env CALICO_IPV4POOL_IPIP",
+            ),
+            (
+                Setting::PoolVxlan,
+                CalicoKind::DaemonSet,
+                "env CALICO_IPV4POOL_VXLAN",
+            ),
+            (
+                Setting::FelixIpip,
+                CalicoKind::DaemonSet,
+                "env FELIX_IPINIPENABLED",
+            ),
+            (
+                Setting::FelixVxlan,
+                CalicoKind::DaemonSet,
+                "env FELIX_VXLANENABLED",
+            ),
+            (
+                Setting::Backend,
+                CalicoKind::DaemonSet,
+                "env CALICO_NETWORKING_BACKEND",
+            ),
+        ] {
+            assert_eq!(setting.source(kind), source, "{setting:?} in {kind:?}");
+        }
     }
 
     #[test]

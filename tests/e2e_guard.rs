@@ -17,7 +17,18 @@ fn setup(nodes: &[(&str, Cond<'_>)], guard: bool) -> Env {
 }
 
 fn dry_run(env: &Env, fixture: &str) -> (serde_json::Value, String) {
-    let (ok, out, err) = env.apply(fixture, &["--dry-run=server", "-o", "json"]);
+    dry_run_with(env, fixture, &[])
+}
+
+/// The same, as a server-side apply (taking over the fields from any manager).
+fn dry_run_server_side(env: &Env, fixture: &str) -> (serde_json::Value, String) {
+    dry_run_with(env, fixture, &["--server-side", "--force-conflicts"])
+}
+
+fn dry_run_with(env: &Env, fixture: &str, extra: &[&str]) -> (serde_json::Value, String) {
+    let mut args = vec!["--dry-run=server", "-o", "json"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = env.apply(fixture, &args);
     assert!(ok, "dry-run apply of {fixture} failed: {err}");
     (parse_json(&out), err)
 }
@@ -140,19 +151,8 @@ fn guard_off_rollbacks_and_zero_nodes_pass() {
     // ... and a rollback (native -> overlay) with the guard on is never held.
     env.set_guard(true);
     for f in OVERLAY {
-        let (ok, out, err) = env.apply(
-            f,
-            &[
-                "--dry-run=server",
-                "--server-side",
-                "--force-conflicts",
-                "-o",
-                "json",
-            ],
-        );
-        assert!(ok, "{err}");
+        let (obj, err) = dry_run_server_side(&env, f);
         assert!(!err.contains("held"), "rollback held: {err}");
-        let obj = parse_json(&out);
         if obj["kind"] == "IPPool" {
             assert_eq!(obj["spec"]["ipipMode"], "Always");
         }
@@ -262,19 +262,8 @@ fn upstream_calico_and_gardener_vxlan_objects_are_guarded_including_cross_subnet
     }
     env.set_guard(true);
     for native in [NATIVE_POOL, NATIVE_CM, NATIVE_DS] {
-        let (ok, out, err) = env.apply(
-            native,
-            &[
-                "--dry-run=server",
-                "--server-side",
-                "--force-conflicts",
-                "-o",
-                "json",
-            ],
-        );
-        assert!(ok, "{err}");
+        let (obj, err) = dry_run_server_side(&env, native);
         assert!(err.contains("overlay switch held"), "{native}: {err}");
-        let obj = parse_json(&out);
         match obj["kind"].as_str().unwrap() {
             "IPPool" => assert_eq!(obj["spec"]["vxlanMode"], "Always"),
             "ConfigMap" => assert_eq!(obj["data"]["calico_backend"], "vxlan"),
