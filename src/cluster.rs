@@ -11,10 +11,11 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 
 use crate::held::{HeldRegistry, ObjectKey};
+use crate::last_seen::{self, LastSeen};
 use crate::overlay::CalicoKind;
 use crate::routes::RouteCache;
 use crate::toggle::ToggleState;
-use crate::watch::{Backoff, keep_watching};
+use crate::watch::{Backoff, Tee, keep_watching};
 
 /// Which objects are Calico's, and how the gate behaves.
 #[derive(Debug, Clone)]
@@ -104,6 +105,11 @@ pub struct Cluster {
     pub routes: Arc<RouteCache>,
     pub toggle: Arc<ToggleState>,
     pub held: Arc<HeldRegistry>,
+    /// The guarded ConfigMap's content (calico-node's env may reference it).
+    pub config_map: Arc<LastSeen>,
+    /// calico-node's container (a ConfigMap update changes what its env
+    /// resolves to).
+    pub calico_node: Arc<LastSeen>,
 }
 
 impl Cluster {
@@ -112,6 +118,14 @@ impl Cluster {
             routes: Arc::new(RouteCache::new(settings.required_reason.clone())),
             toggle: Arc::new(ToggleState::new(settings.calico_namespace.clone())),
             held: Arc::new(HeldRegistry::default()),
+            config_map: Arc::new(LastSeen::new(
+                settings.configmap_name.clone(),
+                last_seen::config_map_data,
+            )),
+            calico_node: Arc::new(LastSeen::new(
+                settings.daemonset_name.clone(),
+                last_seen::calico_node_container,
+            )),
             settings,
         })
     }
@@ -119,7 +133,11 @@ impl Cluster {
     /// True when every watch has synced: the route state, the toggle and the
     /// held records are known.
     pub fn synced(&self) -> bool {
-        self.routes.snapshot(0).synced && self.toggle.get().synced && self.held.synced()
+        self.routes.snapshot(0).synced
+            && self.toggle.get().synced
+            && self.held.synced()
+            && self.config_map.synced()
+            && self.calico_node.synced()
     }
 
     /// Starts the watches of this cluster; they run until the set is dropped.
@@ -156,14 +174,20 @@ impl Cluster {
             "calico-daemonset",
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &daemonset_resource()),
             config().fields(&format!("metadata.name={}", self.settings.daemonset_name)),
-            Arc::new(self.held.store(CalicoKind::DaemonSet)),
+            Arc::new(Tee(
+                Arc::new(self.held.store(CalicoKind::DaemonSet)),
+                self.calico_node.clone(),
+            )),
             b,
         ));
         tasks.spawn(keep_watching(
             "calico-configmap",
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &configmap_resource()),
             config().fields(&format!("metadata.name={}", self.settings.configmap_name)),
-            Arc::new(self.held.store(CalicoKind::ConfigMap)),
+            Arc::new(Tee(
+                Arc::new(self.held.store(CalicoKind::ConfigMap)),
+                self.config_map.clone(),
+            )),
             b,
         ));
         tasks.spawn(keep_watching(

@@ -65,6 +65,10 @@ pub struct Situation<'a> {
     pub is_switch: bool,
     /// The old object carries a held record.
     pub old_has_record: bool,
+    /// The update touches the switch held on this object and is judged
+    /// merged with it (`is_switch` then says whether the merge lowers
+    /// encapsulation).
+    pub joins_held: bool,
     /// Other Calico objects of the same cluster that carry a held record
     /// (`None` while that is unknown: the object watches are not synced).
     pub others_held: Option<&'a [String]>,
@@ -96,6 +100,12 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
         // A held change that lowers no encapsulation (any more): nothing to
         // guard, and keeping the record would only make it apply again.
         return Verdict::Pass { released: true };
+    }
+    if s.joins_held && !s.is_switch {
+        // The update, merged with the held change, lowers nothing any more
+        // (it overrides every lowered field): it goes through whole and the
+        // record has nothing left to guard.
+        return Verdict::Pass { released: false };
     }
     if s.toggle.synced && !s.toggle.guard {
         // Guard off: admit as asked. A record on the object (the guard was
@@ -185,6 +195,7 @@ mod tests {
             now: ts(1000),
             is_switch: true,
             old_has_record: false,
+            joins_held: false,
             others_held: Some(others),
             action: None,
         }

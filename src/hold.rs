@@ -149,8 +149,13 @@ pub fn format_time(t: Timestamp) -> String {
 /// The change from `old`'s held part to `new`'s, rooted at the object, with
 /// a `test` before every `replace` and `remove`.
 pub fn intent(kind: CalicoKind, old: &Value, new: &Value) -> Patch {
+    intent_to(kind, old, new.pointer(held_pointer(kind)))
+}
+
+/// The change from `old`'s held part to `to` (a held part; `None` = absent).
+pub fn intent_to(kind: CalicoKind, old: &Value, to: Option<&Value>) -> Patch {
     let root = held_pointer(kind);
-    let (from, to) = (old.pointer(root), new.pointer(root));
+    let from = old.pointer(root);
     let ops = match (from, to) {
         (None, None) => vec![],
         (None, Some(to)) => vec![PatchOperation::Add(AddOperation {
@@ -254,17 +259,7 @@ fn test_then(
 
 /// The merge key of a list of named items, if both sides are such lists.
 fn list_key(f: &[Value], t: &[Value]) -> Option<&'static str> {
-    ["name", "mountPath"].into_iter().find(|key| {
-        let unique = |l: &[Value]| {
-            let mut seen = std::collections::HashSet::new();
-            l.iter().all(|v| {
-                v.get(*key)
-                    .and_then(Value::as_str)
-                    .is_some_and(|k| seen.insert(k))
-            })
-        };
-        !(f.is_empty() && t.is_empty()) && unique(f) && unique(t)
-    })
+    crate::merge::list_key(&[f, t])
 }
 
 fn keyed_list_diff(
@@ -380,22 +375,7 @@ pub fn hold_patch(
     new: &Value,
     record: &Record,
 ) -> Result<Patch, RecordError> {
-    let root = held_pointer(kind);
-    let mut ops = Vec::new();
-    match (old.pointer(root), new.pointer(root)) {
-        (Some(from), Some(_)) => ops.push(PatchOperation::Replace(ReplaceOperation {
-            path: pointer(root),
-            value: from.clone(),
-        })),
-        (Some(from), None) => ops.push(PatchOperation::Add(AddOperation {
-            path: pointer(root),
-            value: from.clone(),
-        })),
-        (None, Some(_)) => ops.push(PatchOperation::Remove(RemoveOperation {
-            path: pointer(root),
-        })),
-        (None, None) => {}
-    }
+    let mut ops = held_part_ops(kind, new, old.pointer(held_pointer(kind)));
     let values = record.annotation_values()?;
     let wanted: Vec<(&str, Option<String>)> = values
         .into_iter()
@@ -404,6 +384,130 @@ pub fn hold_patch(
         .collect();
     ops.extend(set_annotations(new, &wanted));
     Ok(Patch(ops))
+}
+
+/// A switch that goes through: `new`'s held part becomes `target` (the
+/// update merged with what was held before, so nothing held is lost), and
+/// any record or action marker is removed.
+pub fn pass_patch(kind: CalicoKind, new: &Value, target: Option<&Value>) -> Patch {
+    let mut ops = held_part_ops(kind, new, target);
+    ops.extend(clear_record_patch(new).0);
+    Patch(ops)
+}
+
+/// The ops that make `obj`'s held part equal `part` (`None` = absent).
+fn held_part_ops(kind: CalicoKind, obj: &Value, part: Option<&Value>) -> Vec<PatchOperation> {
+    let path = pointer(held_pointer(kind));
+    match (obj.pointer(held_pointer(kind)), part) {
+        (now, want) if now == want => vec![],
+        (Some(_), Some(v)) => vec![PatchOperation::Replace(ReplaceOperation {
+            path,
+            value: v.clone(),
+        })],
+        (None, Some(v)) => vec![PatchOperation::Add(AddOperation {
+            path,
+            value: v.clone(),
+        })],
+        (Some(_), None) => vec![PatchOperation::Remove(RemoveOperation { path })],
+        (None, None) => vec![],
+    }
+}
+
+/// An update of an object on which a switch is held, judged together with
+/// that switch.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The update with its held part merged with the held change
+    /// ([`crate::merge`]: what only one side changed, from that side; what
+    /// both changed, from the update): set when the update touches the
+    /// held switch (it moves the held part toward or away from the
+    /// recorded change, or lowers encapsulation itself). `None`: the update
+    /// is independent of it (an image bump) and goes through as it is.
+    pub merged: Option<Value>,
+    /// The held change no longer applies to the object (the release reports
+    /// this conflict): a new switch replaces it, anything else keeps it.
+    pub stale: Option<Conflict>,
+    /// When the switch was first held.
+    pub since: Timestamp,
+}
+
+impl Joined {
+    /// Words for the response, when the update was judged with the switch.
+    pub fn describe(&self, record: &Record) -> String {
+        let since = format_time(self.since);
+        match (&self.merged, &self.stale) {
+            (_, Some(c)) => format!(
+                "the switch held since {since} no longer applied ({c}) and is replaced by this update"
+            ),
+            (Some(_), None) => format!(
+                "this update changes what is held since {since}: it is merged with the held switch (where both change a field, this update wins) and will be applied with it; {} change(s) recorded",
+                record
+                    .intent
+                    .0
+                    .iter()
+                    .filter(|o| !matches!(o, PatchOperation::Test(_)))
+                    .count()
+            ),
+            (None, None) => format!("a switch is held since {since}"),
+        }
+    }
+}
+
+/// Judges an update (`old` -> `new`, by anyone but the release controller)
+/// of an object that carries `record`.
+pub fn join(
+    kind: CalicoKind,
+    old: &Value,
+    new: &Value,
+    record: &Record,
+    ctx: crate::overlay::Context<'_>,
+) -> Joined {
+    let root = held_pointer(kind);
+    let desired = match apply_intent(old, record) {
+        Ok(d) => d,
+        Err(c) => {
+            return Joined {
+                merged: None,
+                stale: Some(c),
+                since: record.since,
+            };
+        }
+    };
+    let target =
+        crate::merge::merge_opt(old.pointer(root), desired.pointer(root), new.pointer(root));
+    // Independent: the held change still applies onto the update and gives
+    // the same as the merge, i.e. the update does not touch what it changes.
+    let independent = apply_intent(new, record)
+        .ok()
+        .is_some_and(|v| v.pointer(root) == target.as_ref());
+    // An unreadable new object counts as a switch (the caller refuses it).
+    let switches = crate::overlay::detect_switch(kind, old, new, ctx).map_or(true, |s| s.is_some());
+    let merged = if independent && !switches {
+        None
+    } else {
+        let mut merged = new.clone();
+        match json_patch::patch(&mut merged, &held_part_ops(kind, new, target.as_ref())) {
+            Ok(()) => Some(merged),
+            // The held part's parent is missing in the update (not a
+            // Kubernetes object of this kind): judged as it is.
+            Err(_) => None,
+        }
+    };
+    Joined {
+        merged,
+        stale: None,
+        since: record.since,
+    }
+}
+
+/// The recorded change applied onto `obj` as it is (nothing else changed).
+pub fn apply_intent(obj: &Value, record: &Record) -> Result<Value, Conflict> {
+    let mut out = obj.clone();
+    json_patch::patch(&mut out, &record.intent.0).map_err(|e| Conflict {
+        path: e.path.to_string(),
+        reason: e.kind.to_string(),
+    })?;
+    Ok(out)
 }
 
 /// For an update that is not a switch while a record exists: makes sure
@@ -429,7 +533,7 @@ pub fn clear_record_patch(new: &Value) -> Patch {
 }
 
 /// Why a recorded change cannot be applied to the object as it is now.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("the held change no longer applies at {path}: {reason}")]
 pub struct Conflict {
     pub path: String,
@@ -440,11 +544,7 @@ pub struct Conflict {
 /// object as it is now (keeping what changed meanwhile), the record removed,
 /// and the action marker set.
 pub fn released(current: &Value, record: &Record, action: &str) -> Result<Value, Conflict> {
-    let mut obj = current.clone();
-    json_patch::patch(&mut obj, &record.intent.0).map_err(|e| Conflict {
-        path: e.path.to_string(),
-        reason: e.kind.to_string(),
-    })?;
+    let mut obj = apply_intent(current, record)?;
     strip_record(&mut obj);
     set_action(&mut obj, action);
     Ok(obj)
@@ -761,5 +861,167 @@ mod tests {
                 .check_scope(CalicoKind::ConfigMap)
                 .is_ok()
         );
+    }
+
+    /// A DaemonSet whose calico-node container has `env` and an extra
+    /// init container list.
+    fn ds_env(env: &[(&str, &str)], init: &[&str], image: &str) -> Value {
+        let env: Vec<Value> = env
+            .iter()
+            .map(|(n, v)| json!({"name": n, "value": v}))
+            .collect();
+        let init: Vec<Value> = init
+            .iter()
+            .map(|n| json!({"name": n, "image": "x"}))
+            .collect();
+        json!({
+            "metadata": {"name": "calico-node", "namespace": "kube-system"},
+            "spec": {"template": {"spec": {
+                "initContainers": init,
+                "containers": [{"name": "calico-node", "image": image, "env": env}]
+            }}}
+        })
+    }
+
+    /// The object after the API server applied our response's patch.
+    fn held_after(kind: CalicoKind, old: &Value, new: &Value, rec: &Record) -> Value {
+        let mut out = new.clone();
+        json_patch::patch(&mut out, &hold_patch(kind, old, new, rec).unwrap().0).unwrap();
+        out
+    }
+
+    const CTX: crate::overlay::Context<'static> = crate::overlay::Context::NONE;
+
+    #[test]
+    fn a_partial_reapply_while_held_joins_and_reproduces_the_intent() {
+        let k = CalicoKind::DaemonSet;
+        let overlay = ds_env(
+            &[
+                ("CALICO_IPV4POOL_VXLAN", "Always"),
+                ("FELIX_VXLANENABLED", "true"),
+                ("A", "1"),
+            ],
+            &[],
+            "v1",
+        );
+        let native = ds_env(
+            &[
+                ("CALICO_IPV4POOL_IPIP", "Never"),
+                ("FELIX_IPINIPENABLED", "false"),
+                ("A", "1"),
+            ],
+            &["cleanup-routes"],
+            "v1",
+        );
+        let rec = record(k, &overlay, &native);
+        let held = held_after(k, &overlay, &native, &rec);
+        let rec = Record::read(&held).unwrap().unwrap();
+        // A second client-side apply: sets what the native manifest states,
+        // cannot remove what only the overlay had.
+        let hybrid = ds_env(
+            &[
+                ("CALICO_IPV4POOL_VXLAN", "Always"),
+                ("FELIX_VXLANENABLED", "true"),
+                ("A", "1"),
+                ("CALICO_IPV4POOL_IPIP", "Never"),
+                ("FELIX_IPINIPENABLED", "false"),
+            ],
+            &["cleanup-routes"],
+            "v1",
+        );
+        let j = join(k, &held, &hybrid, &rec, CTX);
+        let merged = j.merged.expect("the update touches the held switch");
+        assert_eq!(
+            merged["spec"], native["spec"],
+            "merged back to the desired object"
+        );
+        // The intent recorded for it equals the first one.
+        assert_eq!(
+            intent_to(k, &held, merged.pointer("/spec/template")),
+            rec.intent
+        );
+    }
+
+    #[test]
+    fn a_second_switch_adds_to_the_first() {
+        let k = CalicoKind::DaemonSet;
+        let base = ds_env(
+            &[
+                ("CALICO_IPV4POOL_IPIP", "Always"),
+                ("FELIX_IPINIPENABLED", "true"),
+            ],
+            &[],
+            "v1",
+        );
+        let first = ds_env(
+            &[
+                ("CALICO_IPV4POOL_IPIP", "Never"),
+                ("FELIX_IPINIPENABLED", "true"),
+            ],
+            &[],
+            "v1",
+        );
+        let rec = record(k, &base, &first);
+        let held = held_after(k, &base, &first, &rec);
+        let second = ds_env(
+            &[
+                ("CALICO_IPV4POOL_IPIP", "Always"),
+                ("FELIX_IPINIPENABLED", "false"),
+            ],
+            &[],
+            "v1",
+        );
+        let merged = join(k, &held, &second, &rec, CTX).merged.unwrap();
+        let want = ds_env(
+            &[
+                ("CALICO_IPV4POOL_IPIP", "Never"),
+                ("FELIX_IPINIPENABLED", "false"),
+            ],
+            &[],
+            "v1",
+        );
+        assert_eq!(merged["spec"], want["spec"]);
+        // The same field changed again: the later value wins.
+        let again = ds_env(
+            &[
+                ("CALICO_IPV4POOL_IPIP", "CrossSubnet"),
+                ("FELIX_IPINIPENABLED", "true"),
+            ],
+            &[],
+            "v1",
+        );
+        let merged = join(k, &held, &again, &rec, CTX).merged.unwrap();
+        assert_eq!(
+            merged["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+            json!("CrossSubnet")
+        );
+    }
+
+    #[test]
+    fn an_independent_update_goes_through_and_a_stale_record_is_reported() {
+        let k = CalicoKind::DaemonSet;
+        let base = ds_env(&[("CALICO_IPV4POOL_IPIP", "Always")], &[], "v1");
+        let desired = ds_env(&[("CALICO_IPV4POOL_IPIP", "Never")], &[], "v1");
+        let rec = record(k, &base, &desired);
+        let held = held_after(k, &base, &desired, &rec);
+        let bumped = ds_env(&[("CALICO_IPV4POOL_IPIP", "Always")], &[], "v2");
+        let j = join(k, &held, &bumped, &rec, CTX);
+        assert!(j.merged.is_none() && j.stale.is_none(), "{j:?}");
+        // A record that no longer applies to the object as it is.
+        let changed = ds_env(&[("CALICO_IPV4POOL_IPIP", "CrossSubnet")], &[], "v1");
+        let j = join(k, &changed, &bumped, &rec, CTX);
+        assert!(j.stale.is_some() && j.merged.is_none());
+        assert!(j.describe(&rec).contains("no longer applied"));
+    }
+
+    #[test]
+    fn the_pass_patch_writes_the_merged_part_and_clears_the_record() {
+        let k = CalicoKind::IpPool;
+        let new = json!({"metadata": {"annotations": {INTENT_ANNOTATION: "[]", "x": "y"}}, "spec": {"ipipMode": "Always"}});
+        let target = json!({"ipipMode": "Never", "vxlanMode": "Never"});
+        let mut out = new.clone();
+        json_patch::patch(&mut out, &pass_patch(k, &new, Some(&target)).0).unwrap();
+        assert_eq!(out["spec"], target);
+        assert_eq!(out["metadata"]["annotations"], json!({"x": "y"}));
     }
 }

@@ -8,13 +8,17 @@
 //! the watches ([`watch`] feeding [`routes`], [`toggle`], [`held`]).
 
 pub mod admission;
+pub mod calico_values;
 pub mod certs;
 pub mod cluster;
 pub mod gate;
 pub mod held;
 pub mod hold;
+pub mod last_seen;
+pub mod merge;
 pub mod metrics;
 pub mod overlay;
+pub mod podenv;
 pub mod release;
 pub mod routes;
 pub mod serve;

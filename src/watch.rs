@@ -31,6 +31,41 @@ pub trait Store<K>: Send + Sync {
     }
 }
 
+/// Two stores fed by one watch (e.g. the held records and the content of
+/// the same ConfigMap).
+pub struct Tee<A, B>(pub Arc<A>, pub Arc<B>);
+
+impl<K: Clone, A: Store<K>, B: Store<K>> Store<K> for Tee<A, B> {
+    fn relist_begin(&self) {
+        self.0.relist_begin();
+        self.1.relist_begin();
+    }
+    fn relist_apply(&self, obj: K) {
+        self.0.relist_apply(obj.clone());
+        self.1.relist_apply(obj);
+    }
+    fn relist_done(&self) {
+        self.0.relist_done();
+        self.1.relist_done();
+    }
+    fn apply(&self, obj: K) {
+        self.0.apply(obj.clone());
+        self.1.apply(obj);
+    }
+    fn delete(&self, obj: K) {
+        self.0.delete(obj.clone());
+        self.1.delete(obj);
+    }
+    fn lost(&self) {
+        self.0.lost();
+        self.1.lost();
+    }
+    fn absent(&self) {
+        self.0.absent();
+        self.1.absent();
+    }
+}
+
 /// The watch failed because the API does not serve the resource at all.
 fn is_not_found(error: &watcher::Error) -> bool {
     let api = match error {

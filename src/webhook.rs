@@ -112,12 +112,36 @@ impl Webhook {
         };
 
         let toggle = self.cluster.toggle.get();
-        let switch = match overlay::detect_switch(kind, old, new) {
+        // A record that cannot be read cannot be released either: it is
+        // ignored, and the response says so (never silently).
+        let (old_record, damaged) = match Record::read(old) {
+            Ok(r) => (r, None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "overlay switch record on this object is damaged and is ignored: {e}"
+                )),
+            ),
+        };
+        let action = hold::action(new);
+        // While a switch is held on this object, an update by anyone but the
+        // release controller is judged together with it.
+        let pending = old_record.as_ref().filter(|_| action.is_none());
+        let detected = self.cluster.config_map.with_config_map(|config_map| {
+            let ctx = overlay::Context { config_map };
+            let joined = pending.map(|r| hold::join(kind, old, new, r, ctx));
+            let judged = joined
+                .as_ref()
+                .and_then(|j| j.merged.as_ref())
+                .unwrap_or(new);
+            overlay::detect_switch(kind, old, judged, ctx).map(|s| (s, joined))
+        });
+        let (switch, joined) = match detected {
             Ok(s) => s,
             Err(e) if toggle.synced && !toggle.guard => {
                 // Guard off: not ours to judge.
                 tracing::debug!(error = %e, "unreadable overlay setting, guard off");
-                None
+                (None, None)
             }
             Err(e) => {
                 outcome.decision = Decision::Error;
@@ -132,6 +156,12 @@ impl Webhook {
                 return (resp, outcome);
             }
         };
+        let joins = joined.as_ref().is_some_and(|j| j.merged.is_some());
+        // The held part the update asks for, merged with what was held.
+        let target = joined
+            .as_ref()
+            .and_then(|j| j.merged.as_ref())
+            .and_then(|m| m.pointer(hold::held_pointer(kind)));
 
         let key = settings.key(kind, &req.name);
         outcome.key = Some(key.clone());
@@ -141,17 +171,6 @@ impl Webhook {
             .map(String::from);
         let routes = self.cluster.routes.snapshot(settings.max_named_nodes);
         let others = self.cluster.held.others(&key);
-        // A record that cannot be read cannot be released either: it is
-        // ignored, and the response says so (never silently).
-        let (old_record, damaged) = match Record::read(old) {
-            Ok(r) => (r, None),
-            Err(e) => (
-                None,
-                Some(format!(
-                    "overlay switch record on this object is damaged and is ignored: {e}"
-                )),
-            ),
-        };
         let old_has_record = old_record.is_some();
         let situation = Situation {
             toggle,
@@ -160,8 +179,9 @@ impl Webhook {
             now,
             is_switch: switch.is_some(),
             old_has_record,
+            joins_held: joins,
             others_held: others.as_deref(),
-            action: hold::action(new),
+            action,
         };
         let verdict = gate::decide(&situation);
         let with_patch = |resp: AdmissionResponse, patch: json_patch::Patch| {
@@ -184,7 +204,12 @@ impl Webhook {
                 if let Some(s) = &switch {
                     outcome.message = Some(s.to_string());
                 }
-                (with_patch(allow, hold::clear_record_patch(new)), outcome)
+                let patch = if joins {
+                    hold::pass_patch(kind, new, target)
+                } else {
+                    hold::clear_record_patch(new)
+                };
+                (with_patch(allow, patch), outcome)
             }
             Verdict::Cancel => {
                 outcome.verdict = "cancelled";
@@ -197,10 +222,19 @@ impl Webhook {
                 outcome.verdict = "pending";
                 let mut resp = with_patch(allow, hold::keep_record_patch(old, new));
                 let r = old_record.as_ref().expect("KeepRecord needs a record");
+                let state = if toggle.synced && !toggle.guard {
+                    "the guard is off; it is applied once every node has its route".to_string()
+                } else {
+                    match gate::routes_gate(&routes, settings.settle, now) {
+                        gate::Gate::Closed(why) => why,
+                        gate::Gate::Open => {
+                            "every node has its route; the release controller applies it now".into()
+                        }
+                    }
+                };
                 let warning = format!(
-                    "overlay switch pending since {} ({}); this update went through and keeps it; cancel with: kubectl annotate namespace {} {CANCEL_ANNOTATION}=true",
+                    "overlay switch pending since {} ({state}); this update went through and keeps it; cancel with: kubectl annotate namespace {} {CANCEL_ANNOTATION}=true",
                     hold::format_time(r.since),
-                    r.reason,
                     settings.calico_namespace
                 );
                 resp.warnings = Some(vec![warning]);
@@ -210,7 +244,10 @@ impl Webhook {
                 let switch = switch.expect("only switches are held");
                 let since = old_record.as_ref().map_or(now, |r| r.since);
                 let record = Record {
-                    intent: hold::intent(kind, old, new),
+                    intent: match &joined {
+                        Some(j) if j.merged.is_some() => hold::intent_to(kind, old, target),
+                        _ => hold::intent(kind, old, new),
+                    },
                     since,
                     reason: why.clone(),
                 };
@@ -234,7 +271,11 @@ impl Webhook {
                     self.cluster.held.note_local_hold(key);
                 }
                 let mut resp = with_patch(allow, patch);
-                resp.warnings = Some(vec![format!("overlay switch held: {why}")]);
+                let mut warnings = vec![format!("overlay switch held: {why}")];
+                if let Some(j) = &joined {
+                    warnings.push(j.describe(&record));
+                }
+                resp.warnings = Some(warnings);
                 (resp, outcome)
             }
         };

@@ -292,14 +292,23 @@ fn a_recorded_change_that_no_longer_applies_is_reported_not_forced() {
         let (ok, _, err) = env.apply(f, &[]);
         assert!(ok, "{err}");
     }
-    // While held, someone inserts an env var at the top of calico-node's env:
-    // not a switch, so it goes through, but the recorded change's positions
-    // no longer fit.
+    // While held, someone inserts an env var at the top of calico-node's env
+    // while the webhook is not registered (an outage with a fail-open
+    // registration, or a registration removed for a while): the recorded
+    // change's positions no longer fit. (With the webhook in the path, such
+    // an update is merged with the held switch instead.)
+    env.kubectl(&[
+        "delete",
+        "mutatingwebhookconfiguration",
+        "overlay-switch-webhook",
+    ]);
     let (ok, _, err) = env.kubectl_raw(&[
         "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",
         r#"[{"op":"add","path":"/spec/template/spec/containers/1/env/0","value":{"name":"EXTRA","value":"1"}}]"#,
     ]);
-    assert!(ok && err.contains("overlay switch pending"), "{err}");
+    assert!(ok && !err.contains("overlay switch"), "{err}");
+    env.register_webhook();
+    env.wait_webhook_active();
     env.set_node("node-c", Cond::Routed);
     eventually("conflict reported", Duration::from_secs(30), || {
         (env.server

@@ -1,0 +1,283 @@
+//! Property tests of the whole decision (decode -> overlay reading -> gate ->
+//! hold patch -> record), through `Webhook::review` on a cluster whose
+//! caches are fed as the watches feed them: random sequences of updates of
+//! calico-node (switches split over several updates, several switches on a
+//! held object, unrelated changes, partial re-applies of a desired object,
+//! values Calico refuses) while a node lacks its route, then once routes
+//! are there.
+//!
+//! After every step: nothing the webhook admitted lowers encapsulation below
+//! where the cluster started; the live object plus its held record (the
+//! release applies the record onto the live object) is exactly what the
+//! operator last asked for, variable by variable (later changes win,
+//! nothing is lost); and once the gate opens, the next switch carries it all.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use overlay_switch_webhook::cluster::{Cluster, Settings};
+use overlay_switch_webhook::hold::{self, Record};
+use overlay_switch_webhook::metrics::Metrics;
+use overlay_switch_webhook::overlay::{self, CalicoKind, Context};
+use overlay_switch_webhook::watch::Store as _;
+use overlay_switch_webhook::webhook::Webhook;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const VARS: [&str; 5] = [
+    "CALICO_IPV4POOL_IPIP",
+    "CALICO_IPV4POOL_VXLAN",
+    "FELIX_IPINIPENABLED",
+    "FELIX_VXLANENABLED",
+    "CALICO_NETWORKING_BACKEND",
+];
+
+type Env = BTreeMap<String, String>;
+
+fn ds(env: &Env, image: &str, annotations: &Value) -> Value {
+    let env: Vec<Value> = env
+        .iter()
+        .map(|(n, v)| json!({"name": n, "value": v}))
+        .collect();
+    json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "calico-node", "namespace": "kube-system", "annotations": annotations},
+        "spec": {"template": {"spec": {"containers": [{"name": "calico-node", "image": image, "env": env}]}}}
+    })
+}
+
+fn env_of(obj: &Value) -> Env {
+    obj.pointer("/spec/template/spec/containers/0/env")
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .map(|e| {
+                    (
+                        e["name"].as_str().unwrap().to_string(),
+                        e["value"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn image_of(obj: &Value) -> String {
+    obj.pointer("/spec/template/spec/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn cluster(blocked: bool) -> Arc<Cluster> {
+    let c = Cluster::new(Settings {
+        settle: std::time::Duration::ZERO,
+        ..Settings::default()
+    });
+    set_routes(&c, blocked);
+    c.toggle.relist_begin();
+    c.toggle.relist_apply(
+        serde_json::from_value(json!({"metadata": {"name": "kube-system", "annotations": {
+            "calico.networking.extensions.gardener.cloud/seamless-overlay-switch": "true"}}}))
+        .unwrap(),
+    );
+    c.toggle.relist_done();
+    for k in [
+        CalicoKind::ConfigMap,
+        CalicoKind::IpPool,
+        CalicoKind::DaemonSet,
+    ] {
+        let s = c.held.store(k);
+        s.relist_begin();
+        s.relist_done();
+    }
+    c
+}
+
+fn set_routes(c: &Cluster, blocked: bool) {
+    c.routes.relist_begin();
+    for (name, routed) in [("node-a", true), ("node-b", !blocked)] {
+        let (status, reason) = if routed {
+            ("False", "RouteCreated")
+        } else {
+            ("True", "NoRouteCreated")
+        };
+        c.routes.relist_apply(
+            serde_json::from_value(
+                json!({"metadata": {"name": name}, "status": {"conditions": [
+                {"type": "NetworkUnavailable", "status": status, "reason": reason,
+                 "lastTransitionTime": "2020-01-01T00:00:00Z"}]}}),
+            )
+            .unwrap(),
+        );
+    }
+    c.routes.relist_done();
+}
+
+/// One review through the webhook: the stored object after it, or `None`
+/// when the update was refused.
+fn update(webhook: &Webhook, old: &Value, new: &Value) -> Option<Value> {
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u", "kind": {"group": "apps", "version": "v1", "kind": "DaemonSet"},
+            "resource": {"group": "apps", "version": "v1", "resource": "daemonsets"},
+            "name": "calico-node", "namespace": "kube-system", "operation": "UPDATE",
+            "userInfo": {"username": "operator"}, "object": new, "oldObject": old, "dryRun": false
+        }
+    });
+    let (bytes, _) = webhook.review(body.to_string().as_bytes());
+    let resp: Value = serde_json::from_slice(&bytes).unwrap();
+    let resp = &resp["response"];
+    if resp["allowed"] != json!(true) {
+        return None;
+    }
+    let mut stored = new.clone();
+    if let Some(p) = resp["patch"].as_str() {
+        let patch: json_patch::Patch =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(p).unwrap())
+                .unwrap();
+        json_patch::patch(&mut stored, &patch).expect("the response's patch applies");
+    }
+    Some(stored)
+}
+
+/// What an update does to the live object.
+#[derive(Debug, Clone)]
+enum Op {
+    Set(&'static str, &'static str),
+    Remove(&'static str),
+    Image(u8),
+    /// `kubectl apply` of a desired object over the live one: sets what it
+    /// states, removes nothing.
+    PartialApply(Vec<(&'static str, &'static str)>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let var = prop::sample::select(VARS.to_vec());
+    let value = prop::sample::select(vec![
+        "Always",
+        "Never",
+        "CrossSubnet",
+        "always",
+        "true",
+        "false",
+        "",
+        "none",
+        "bird",
+        "vxlan",
+        "sometimes",
+    ]);
+    prop_oneof![
+        4 => (var.clone(), value.clone()).prop_map(|(n, v)| Op::Set(n, v)),
+        2 => var.clone().prop_map(Op::Remove),
+        1 => (0u8..4).prop_map(Op::Image),
+        2 => prop::collection::vec((var, value), 1..4).prop_map(Op::PartialApply),
+    ]
+}
+
+fn apply_op(live: &Value, op: &Op) -> Value {
+    let mut env = env_of(live);
+    let mut image = image_of(live);
+    match op {
+        Op::Set(n, v) => {
+            env.insert(n.to_string(), v.to_string());
+        }
+        Op::Remove(n) => {
+            env.remove(*n);
+        }
+        Op::Image(i) => image = format!("calico/node:v{i}"),
+        Op::PartialApply(vars) => {
+            for (n, v) in vars {
+                env.insert(n.to_string(), v.to_string());
+            }
+        }
+    }
+    let annotations = live["metadata"]["annotations"].clone();
+    ds(&env, &image, &annotations)
+}
+
+/// The live object as the release would leave it.
+fn effective(live: &Value) -> Value {
+    match Record::read(live).unwrap() {
+        Some(r) => hold::apply_intent(live, &r).expect("the held change applies"),
+        None => live.clone(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("GUARD_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn nothing_lowers_while_a_route_is_missing_and_nothing_asked_for_is_lost(
+        ops in prop::collection::vec(op(), 1..12),
+        last in op(),
+    ) {
+        let c = cluster(true);
+        let webhook = Webhook { cluster: c.clone(), metrics: Metrics::new(&mut prometheus_client::registry::Registry::default()) };
+        let initial_env: Env = [
+            ("CALICO_IPV4POOL_IPIP", "Always"), ("CALICO_IPV4POOL_VXLAN", "Never"),
+            ("FELIX_IPINIPENABLED", "true"), ("CALICO_NETWORKING_BACKEND", "bird"),
+        ].into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let initial = ds(&initial_env, "calico/node:v0", &json!({}));
+        let mut live = initial.clone();
+        // What the operator asked for, variable by variable.
+        let mut wanted_env = initial_env.clone();
+        let mut wanted_image = image_of(&initial);
+
+        for op in &ops {
+            let new = apply_op(&live, op);
+            let Some(stored) = update(&webhook, &live, &new) else {
+                continue; // refused: nothing changes
+            };
+            // The operator's changes, as this update expressed them.
+            let (before, after) = (env_of(&live), env_of(&new));
+            for n in VARS {
+                if before.get(n) != after.get(n) {
+                    match after.get(n) {
+                        Some(v) => { wanted_env.insert(n.to_string(), v.clone()); }
+                        None => { wanted_env.remove(n); }
+                    }
+                }
+            }
+            if image_of(&live) != image_of(&new) {
+                wanted_image = image_of(&new);
+            }
+            live = stored;
+            prop_assert_eq!(
+                overlay::detect_switch(CalicoKind::DaemonSet, &initial, &live, Context::NONE).ok().flatten(),
+                None,
+                "lowered while a node lacks its route: {:?}", env_of(&live)
+            );
+            let released = effective(&live);
+            prop_assert_eq!(env_of(&released), wanted_env.clone(), "after {:?}", op);
+            prop_assert_eq!(image_of(&released), wanted_image.clone());
+        }
+
+        // The routes are there: the next update (of any kind) goes through,
+        // and a switch then carries everything held before it.
+        set_routes(&c, false);
+        let new = apply_op(&live, &last);
+        if let Some(stored) = update(&webhook, &live, &new) {
+            let is_switch = overlay::detect_switch(CalicoKind::DaemonSet, &live, &new, Context::NONE)
+                .ok().flatten().is_some();
+            if is_switch {
+                prop_assert!(Record::read(&stored).unwrap().is_none(), "passed, record cleared");
+                let (before, after) = (env_of(&live), env_of(&new));
+                for n in VARS {
+                    if before.get(n) != after.get(n) {
+                        match after.get(n) {
+                            Some(v) => { wanted_env.insert(n.to_string(), v.clone()); }
+                            None => { wanted_env.remove(n); }
+                        }
+                    }
+                }
+                prop_assert_eq!(env_of(&stored), wanted_env);
+            }
+        }
+    }
+}
