@@ -10,13 +10,13 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use kube::core::DynamicObject;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::hold::{INTENT_ANNOTATION, SINCE_ANNOTATION};
+use crate::hold::{INTENT_ANNOTATION, SINCE_ANNOTATION, held_pointer};
 use crate::overlay::CalicoKind;
 
 /// One Calico object, named.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectKey {
     pub kind: CalicoKindName,
@@ -26,7 +26,7 @@ pub struct ObjectKey {
 
 /// `CalicoKind` with an order that is also the release order: ConfigMap,
 /// then IPPools, then the DaemonSet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum CalicoKindName {
     ConfigMap,
     IPPool,
@@ -73,6 +73,12 @@ pub struct HeldObject {
     /// wins) is a change the release controller must look at again.
     #[serde(skip)]
     pub intent_digest: u64,
+    /// A digest of the held part (`/spec/template`, `/data`, `/spec`): an
+    /// edit of it may make a conflicting intent apply again (or stop it
+    /// applying), so the release controller must look again. Status-only
+    /// updates (a DaemonSet during a rollout) leave it unchanged.
+    #[serde(skip)]
+    pub held_digest: u64,
 }
 
 /// How long a hold this process answered counts before its watch confirms it.
@@ -141,6 +147,7 @@ impl HeldRegistry {
                     key: k.clone(),
                     since: None,
                     intent_digest: 0,
+                    held_digest: 0,
                 });
             }
         }
@@ -190,20 +197,30 @@ fn held_entry(kind: CalicoKindName, obj: &DynamicObject) -> Option<(ObjectKey, H
         name: obj.metadata.name.clone().unwrap_or_default(),
     };
     let since = annotations.get(SINCE_ANNOTATION).cloned();
-    let intent_digest = {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        annotations.get(INTENT_ANNOTATION).hash(&mut h);
-        h.finish()
-    };
+    let intent_digest = digest(annotations.get(INTENT_ANNOTATION));
+    // `data` of a DynamicObject is the object without apiVersion, kind and
+    // metadata, so the held part's pointer applies to it as it is.
+    let held_digest = digest(
+        obj.data
+            .pointer(held_pointer(kind.into()))
+            .map(|v| v.to_string()),
+    );
     Some((
         key.clone(),
         HeldObject {
             key,
             since,
             intent_digest,
+            held_digest,
         },
     ))
+}
+
+fn digest(v: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher as _;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
 }
 
 fn key_of(kind: CalicoKindName, obj: &DynamicObject) -> ObjectKey {
@@ -222,8 +239,9 @@ pub struct KindStore {
 
 impl KindStore {
     /// Applies `f`; wakes waiters only when what is held (or whether it is
-    /// known) changed, not on every update of a watched object (a
-    /// DaemonSet's status changes all the time during a rollout).
+    /// known) changed: a record, or the held part of a held object. Not on
+    /// every update of a watched object (a DaemonSet's status changes all the
+    /// time during a rollout), nor on any update of an object without a record.
     fn with(&self, f: impl FnOnce(&mut Part)) {
         let changed = {
             let mut part = self.registry.part(self.kind).write().expect("held lock");
@@ -431,6 +449,61 @@ mod tests {
         assert!(rx.has_changed().unwrap());
         rx.mark_unchanged();
         ds.lost();
+        assert!(rx.has_changed().unwrap());
+    }
+
+    fn held_ds(template_env: &str, replicas_ready: i64) -> DynamicObject {
+        let mut o: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "calico-node", "namespace": "kube-system"},
+            "spec": {
+                "selector": {"matchLabels": {"k8s-app": "calico-node"}},
+                "template": {"spec": {"containers": [{"name": "calico-node",
+                    "env": [{"name": "CALICO_IPV4POOL_IPIP", "value": template_env}]}]}}
+            },
+            "status": {"numberReady": replicas_ready}
+        }))
+        .unwrap();
+        o.metadata.annotations = Some([(INTENT_ANNOTATION.to_string(), "[]".to_string())].into());
+        o
+    }
+
+    #[test]
+    fn waiters_wake_when_the_held_part_of_a_held_object_changes_not_its_status() {
+        let r = Arc::new(HeldRegistry::default());
+        sync_all(&r);
+        let ds = r.store(CalicoKind::DaemonSet);
+        ds.apply(held_ds("Always", 1));
+        let mut rx = r.subscribe();
+        rx.mark_unchanged();
+        // A rollout: only the status changes.
+        ds.apply(held_ds("Always", 2));
+        assert!(!rx.has_changed().unwrap());
+        // The held part is edited (say, a conflicting edit is undone).
+        ds.apply(held_ds("CrossSubnet", 2));
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        ds.apply(held_ds("CrossSubnet", 3));
+        assert!(!rx.has_changed().unwrap());
+
+        // The ConfigMap's held part is /data, an IPPool's /spec.
+        let cm = r.store(CalicoKind::ConfigMap);
+        let cm_obj = |backend: &str, label: &str| {
+            let mut o: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "calico-config", "namespace": "kube-system", "labels": {"x": label}},
+                "data": {"calico_backend": backend}
+            }))
+            .unwrap();
+            o.metadata.annotations =
+                Some([(INTENT_ANNOTATION.to_string(), "[]".to_string())].into());
+            o
+        };
+        cm.apply(cm_obj("bird", "1"));
+        rx.mark_unchanged();
+        cm.apply(cm_obj("bird", "2")); // metadata only
+        assert!(!rx.has_changed().unwrap());
+        cm.apply(cm_obj("vxlan", "2"));
         assert!(rx.has_changed().unwrap());
     }
 }

@@ -42,6 +42,44 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Why a release or cancel did not go through (a fixed set).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum FailureClass {
+    /// The recorded change no longer applies onto the object as it is now
+    /// (or the record is damaged): it stays until the object changes.
+    Conflict,
+    /// The API server, an admission webhook or an admission policy refused
+    /// the write (a 4xx other than 408, 409 and 429).
+    Denied,
+    /// 5xx, 429, 408, a write conflict that kept recurring, a timeout, a
+    /// connection error, or the webhook holding the release again.
+    Transient,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Conflict => "conflict",
+            FailureClass::Denied => "denied",
+            FailureClass::Transient => "transient",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Kind of the object the failed step was about (`Lease` and `Namespace`
+    /// for the release lease and the once-only annotations).
+    pub kind: String,
+    pub class: FailureClass,
+}
+
 fn latency_histogram() -> Histogram {
     // 50µs .. ~1.6s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -64,6 +102,8 @@ pub struct Metrics {
     pub held_objects: Gauge,
     pub releases: Family<KindLabels, Counter>,
     pub release_conflicts: Family<KindLabels, Counter>,
+    pub release_failures: Family<FailureLabels, Counter>,
+    pub release_lease_holder: Gauge,
     pub release_delay_seconds: Histogram,
 }
 
@@ -79,6 +119,8 @@ impl Metrics {
             held_objects: Gauge::default(),
             releases: Family::default(),
             release_conflicts: Family::default(),
+            release_failures: Family::default(),
+            release_lease_holder: Gauge::default(),
             release_delay_seconds: release_histogram(),
         };
         let r = registry.sub_registry_with_prefix("overlay_switch");
@@ -122,6 +164,16 @@ impl Metrics {
             "release_conflicts",
             "Held switches whose recorded change no longer applies",
             m.release_conflicts.clone(),
+        );
+        r.register(
+            "release_failures",
+            "Release or cancel steps that did not go through, by object kind and class (Conflict, Denied, Transient); retried with back-off",
+            m.release_failures.clone(),
+        );
+        r.register(
+            "release_lease_holder",
+            "1 while this replica holds the release lease of the cluster (by its own clock)",
+            m.release_lease_holder.clone(),
         );
         r.register(
             "release_delay_seconds",

@@ -4,9 +4,16 @@
 //! every record instead.
 //!
 //! Each write is an update carrying the object's resourceVersion, so it never
-//! overwrites a newer change: on conflict it re-reads and decides again. Two
-//! replicas may run it at once: one write wins, the other sees a conflict,
-//! re-reads, finds no record, and does nothing. No leader election is needed.
+//! overwrites a newer change: on conflict it re-reads and decides again.
+//! Release and cancel decisions of a cluster are made by one replica at a
+//! time, the holder of the cluster's release lease ([`lease`]): otherwise one
+//! replica could release the ConfigMap while another cancels the rest.
+//!
+//! A failed pass (a conflict, a refusal, a transient error) is retried with
+//! a capped exponential back-off, and at once when a held object's record or
+//! held part changes.
+
+pub mod lease;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,8 +29,9 @@ use crate::cluster::{Cluster, configmap_resource, daemonset_resource, ippool_res
 use crate::gate::{self, Gate};
 use crate::held::{CalicoKindName, HeldObject, ObjectKey};
 use crate::hold::{self, Record};
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::{FailureClass, FailureLabels, KindLabels, Metrics};
 use crate::toggle::{CANCEL_ANNOTATION, FORCE_ANNOTATION};
+use lease::{InProgress, Marker, ObjectState, Outcome, Progress, ReleaseLease};
 
 /// How many times one object is re-read after a write conflict, per pass.
 const CONFLICT_RETRIES: usize = 5;
@@ -159,6 +167,153 @@ fn released_note(held_secs: i64, forced: Option<&str>) -> String {
     }
 }
 
+/// Whole seconds from `since` to `now`: never negative, never overflowing
+/// (a record or a node may carry any time up to the year 9999).
+pub fn secs_between(since: Timestamp, now: Timestamp) -> i64 {
+    now.as_second().saturating_sub(since.as_second()).max(0)
+}
+
+/// When the gate opened by settle time; `None` when that lies beyond the
+/// times that can be represented (a node reporting a transition in 9999).
+pub fn opened_at(all_routed_since: Option<Timestamp>, settle: Duration) -> Option<Timestamp> {
+    all_routed_since?.checked_add(settle).ok()
+}
+
+/// The first delay after a failed pass, and the longest.
+pub const RETRY_INITIAL: Duration = Duration::from_millis(500);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Capped exponential back-off. Pure.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            next: initial.min(max),
+        }
+    }
+
+    /// The delay before the next try; each call doubles the following one, up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial.min(self.max);
+    }
+}
+
+/// The class of a failed request, by its HTTP status.
+pub fn classify_code(code: u16) -> FailureClass {
+    match code {
+        // Gone meanwhile, timed out, changed meanwhile, throttled: look again.
+        404 | 408 | 409 | 429 => FailureClass::Transient,
+        // The API server, an admission webhook or an admission policy refused.
+        400..=499 => FailureClass::Denied,
+        _ => FailureClass::Transient,
+    }
+}
+
+/// The class of a failed request: an answer of the API server by its
+/// status, anything else (connection, timeout, TLS) transient.
+pub fn classify(error: &kube::Error) -> FailureClass {
+    match error {
+        kube::Error::Api(s) => classify_code(s.code),
+        _ => FailureClass::Transient,
+    }
+}
+
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(s) if !s.message.is_empty() => format!("{} (HTTP {})", s.message, s.code),
+        e => e.to_string(),
+    }
+}
+
+/// One release or cancel step that did not go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The Calico object it was about, if any.
+    pub key: Option<ObjectKey>,
+    pub uid: Option<String>,
+    /// Kind for the metric: the Calico kind, `Lease` or `Namespace`.
+    pub kind: String,
+    /// The object in words, for logs.
+    pub object: String,
+    pub class: FailureClass,
+    pub message: String,
+}
+
+impl Failure {
+    fn object(
+        key: &ObjectKey,
+        uid: Option<String>,
+        class: FailureClass,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            key: Some(key.clone()),
+            uid,
+            kind: format!("{:?}", key.kind),
+            object: key.to_string(),
+            class,
+            message: message.into(),
+        }
+    }
+
+    /// A failed request about `key`: `what` is "read", "write", ...
+    fn request(key: &ObjectKey, uid: Option<String>, what: &str, error: &kube::Error) -> Self {
+        let class = classify(error);
+        Self::object(key, uid, class, request_message(class, what, error))
+    }
+
+    fn other(kind: &str, object: String, what: &str, error: &kube::Error) -> Self {
+        let class = classify(error);
+        Self {
+            key: None,
+            uid: None,
+            kind: kind.into(),
+            object,
+            class,
+            message: request_message(class, what, error),
+        }
+    }
+}
+
+fn request_message(class: FailureClass, what: &str, error: &kube::Error) -> String {
+    match class {
+        FailureClass::Denied => format!("the API server refuses the {what}: {}", describe(error)),
+        _ => format!("the {what} failed: {}", describe(error)),
+    }
+}
+
+/// The text of an `OverlaySwitchConflict` event (also what `kubectl
+/// describe` shows): the class first.
+pub fn failure_note(f: &Failure) -> String {
+    let then = match f.class {
+        FailureClass::Conflict => {
+            "the switch stays held: re-apply the desired configuration (or edit the object back)"
+        }
+        FailureClass::Denied => {
+            "the switch stays held and its release is retried with back-off: lift the refusal"
+        }
+        FailureClass::Transient => "the switch stays held and its release is retried with back-off",
+    };
+    format!(
+        "{}: {}; {then}, or cancel with the {CANCEL_ANNOTATION} annotation",
+        f.class, f.message
+    )
+}
+
 /// What a release or cancel would write for one object.
 enum Next {
     /// Nothing to do (no record any more).
@@ -174,14 +329,46 @@ fn has_record(obj: &DynamicObject) -> bool {
         .is_some_and(|a| a.contains_key(hold::INTENT_ANNOTATION))
 }
 
+/// Where this replica stands with the release lease after a pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Nothing to decide: not needed.
+    #[default]
+    NotNeeded,
+    Held,
+    /// Held by another replica; look again then.
+    WaitUntil(Instant),
+    /// Taken by another replica meanwhile.
+    Lost,
+}
+
 /// What one pass did, for logs and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
     pub released: Vec<String>,
     pub cancelled: Vec<String>,
-    pub conflicts: Vec<String>,
-    /// Written, but held again by the webhook (its gate closed meanwhile).
-    pub held_again: Vec<String>,
+    /// Steps that did not go through; the pass stopped before any write, or
+    /// at the first object that did not go through.
+    pub failures: Vec<Failure>,
+    /// A cancel was refused: a release was partially applied.
+    pub cancel_refused: bool,
+    pub lease: LeaseState,
+    /// Work is left that this replica (holding the lease) retries.
+    pub pending: bool,
+}
+
+/// Why a pass stopped early.
+enum Stop {
+    Failed(Failure),
+    /// The release lease could not be renewed (taken by another replica, or
+    /// renewing took too long to rely on).
+    LeaseLost,
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Stop::Failed(f)
+    }
 }
 
 pub struct Releaser {
@@ -189,6 +376,8 @@ pub struct Releaser {
     pub client: Client,
     pub metrics: Metrics,
     pub events: Events,
+    /// Held by the one replica that releases or cancels.
+    pub lease: Arc<ReleaseLease>,
 }
 
 enum Action {
@@ -201,50 +390,95 @@ enum Action {
 
 impl Releaser {
     /// Runs until the task is dropped: wakes on every change of routes,
-    /// toggle or held records, and when the settle time runs out.
+    /// toggle, held records or held parts, when the settle time runs out,
+    /// when the lease of another replica would expire, and, after any
+    /// failure, after a capped exponential back-off. While work is left, the
+    /// lease is renewed every third of its duration; when none is, it is given up.
     pub async fn run(self) {
         let mut routes = self.cluster.routes.subscribe();
         let mut toggle = self.cluster.toggle.subscribe();
         let mut held = self.cluster.held.subscribe();
-        let mut retry = Duration::from_millis(500);
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let keepalive = self.lease.duration() / 3;
+        tracing::info!(
+            identity = %self.lease.identity(),
+            lease = %format!("{}/{}", self.cluster.settings.calico_namespace, lease::LEASE_NAME),
+            duration = ?self.lease.duration(),
+            "release controller started"
+        );
+        let mut woken_by = "start";
         loop {
-            let wait = match self.pass().await {
-                Ok(report) if !report.held_again.is_empty() => {
-                    // Raced with a newer change or the webhook's own view:
-                    // look again soon, with back-off.
-                    let r = retry;
-                    retry = (retry * 2).min(Duration::from_secs(30));
-                    Some(r)
-                }
-                Ok(report) => {
-                    retry = Duration::from_millis(500);
-                    if !report.conflicts.is_empty() {
-                        // A conflict stays until someone changes the object.
-                        None
+            tracing::debug!(woken_by, "release pass");
+            let report = self.pass().await;
+            let wait = self.after_pass(&report, &mut backoff).await;
+            let deadline = wait.and_then(|d| tokio::time::Instant::now().checked_add(d));
+            woken_by = loop {
+                let keep = report.pending && self.lease.holds(Instant::now());
+                let timer = async {
+                    match deadline {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let renew_due = async {
+                    if keep {
+                        tokio::time::sleep(keepalive).await
                     } else {
-                        self.next_wake()
+                        std::future::pending().await
+                    }
+                };
+                tokio::select! {
+                    _ = routes.changed() => break "routes",
+                    _ = toggle.changed() => break "toggle",
+                    _ = held.changed() => break "held",
+                    () = timer => break "timer",
+                    () = renew_due => {
+                        // Keep the lease while the work is unfinished.
+                        let renewed = self.lease.renew(lease::Marker::Keep).await;
+                        self.lease.update_gauge();
+                        match renewed {
+                            Ok(true) => continue,
+                            Ok(false) => break "lease",
+                            Err(error) => {
+                                tracing::warn!(error = %describe(&error), "cannot renew the release lease");
+                                break "lease";
+                            }
+                        }
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?retry, "release pass failed");
-                    let r = retry;
-                    retry = (retry * 2).min(Duration::from_secs(30));
-                    Some(r)
-                }
             };
-            let sleep = async {
-                match wait {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = routes.changed() => {}
-                _ = toggle.changed() => {}
-                _ = held.changed() => {}
-                () = sleep => {}
-            }
         }
+    }
+
+    /// Logs the outcome, gives the lease up when nothing is left to do, and
+    /// says how long to wait for the next pass without a wake-up.
+    async fn after_pass(&self, report: &PassReport, backoff: &mut Backoff) -> Option<Duration> {
+        let now = Instant::now();
+        let wait = if !report.failures.is_empty() {
+            let d = backoff.next_delay();
+            let classes: Vec<&str> = report.failures.iter().map(|f| f.class.as_str()).collect();
+            tracing::warn!(classes = ?classes, retry_in = ?d, "held overlay switch neither released nor cancelled in this pass; retrying");
+            Some(d)
+        } else if report.lease == LeaseState::Lost {
+            Some(backoff.next_delay())
+        } else {
+            backoff.reset();
+            match report.lease {
+                LeaseState::WaitUntil(t) => Some(
+                    t.saturating_duration_since(now)
+                        .saturating_add(Duration::from_millis(50)),
+                ),
+                _ => self.next_wake(),
+            }
+        };
+        if !report.pending
+            && self.lease.holds(now)
+            && let Err(error) = self.lease.give_up().await
+        {
+            tracing::warn!(error = %describe(&error), "cannot give up the release lease; it expires by itself");
+        }
+        self.lease.update_gauge();
+        wait
     }
 
     /// When the gate will open by settle time alone, if that is what it waits for.
@@ -252,80 +486,266 @@ impl Releaser {
         let s = self.cluster.routes.snapshot(0);
         gate::opens_in(&s, self.cluster.settings.settle, Timestamp::now())
             .filter(|d| !d.is_zero())
-            .map(|d| d + Duration::from_millis(5))
+            .map(|d| d.saturating_add(Duration::from_millis(5)))
+    }
+
+    fn lease_name(&self) -> String {
+        format!(
+            "Lease {}/{}",
+            self.cluster.settings.calico_namespace,
+            lease::LEASE_NAME
+        )
     }
 
     /// One look at the cluster: cancel, release, or nothing.
-    pub async fn pass(&self) -> Result<PassReport, kube::Error> {
+    pub async fn pass(&self) -> PassReport {
         let mut report = PassReport::default();
+        match self.decide_and_act(&mut report).await {
+            Ok(()) => {}
+            Err(Stop::Failed(f)) => self.fail(f, &mut report).await,
+            Err(Stop::LeaseLost) => {
+                tracing::info!(
+                    "the release lease was taken by another replica or could not be renewed in time; this pass stops here"
+                );
+                report.lease = LeaseState::Lost;
+                report.pending = false;
+            }
+        }
+        report
+    }
+
+    async fn decide_and_act(&self, report: &mut PassReport) -> Result<(), Stop> {
         let toggle = self.cluster.toggle.get();
         let Some(held) = self.cluster.held.held() else {
-            return Ok(report); // records unknown: do nothing on a guess
+            return Ok(()); // records unknown: do nothing on a guess
         };
         if !toggle.synced {
-            return Ok(report);
+            return Ok(());
         }
-        if toggle.cancel {
-            for h in &held {
-                self.handle(h, &Action::Cancel, None, &mut report).await?;
-            }
-            tracing::info!(cancelled = ?report.cancelled, "overlay switch cancel honoured");
-            self.clear_namespace_annotation(CANCEL_ANNOTATION).await?;
-            return Ok(report);
-        }
-        if held.is_empty() {
-            if toggle.force {
-                // Nothing to force: honour it once anyway, so it does not linger.
-                self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
-            }
-            return Ok(report);
-        }
+        let settle = self.cluster.settings.settle;
         let routes = self
             .cluster
             .routes
             .snapshot(self.cluster.settings.max_named_nodes);
-        let now = Timestamp::now();
-        let gate = gate::routes_gate(&routes, self.cluster.settings.settle, now);
-        let opened_at = routes
-            .all_routed_since
-            .map(|s| s + self.cluster.settings.settle);
-        let action = match (&gate, toggle.force) {
-            (Gate::Open, _) => Action::Release { forced: None },
-            (Gate::Closed(why), true) => {
-                tracing::warn!(blocking = %why, "overlay switch release forced by the operator");
-                Action::Release {
-                    forced: Some(why.clone()),
-                }
-            }
-            (Gate::Closed(_), false) => return Ok(report),
+        let gate = gate::routes_gate(&routes, settle, Timestamp::now());
+        let release = match (&gate, toggle.force) {
+            _ if held.is_empty() => None,
+            (Gate::Open, _) => Some(Action::Release { forced: None }),
+            (Gate::Closed(why), true) => Some(Action::Release {
+                forced: Some(why.clone()),
+            }),
+            (Gate::Closed(_), false) => None,
         };
-        // All or nothing: if any recorded change no longer applies, release
-        // none, so that a conflict never leaves the cluster half switched.
-        if !self.preflight(&held, &action, &mut report).await? {
-            return Ok(report);
+        if !toggle.cancel && !toggle.force && release.is_none() {
+            return Ok(()); // nothing to decide
         }
-        for h in &held {
-            self.handle(
-                h,
-                &action,
-                opened_at.filter(|_| gate.is_open()),
-                &mut report,
+
+        // From here on this replica decides for the cluster: only while it
+        // holds the release lease.
+        match self.lease.acquire().await.map_err(|e| {
+            Failure::other(
+                "Lease",
+                self.lease_name(),
+                "read or write of the release lease",
+                &e,
             )
-            .await?;
-            // Stop at the first object that did not go through: the rest
-            // waits for the next pass rather than leave a half switch.
-            if !report.conflicts.is_empty() || !report.held_again.is_empty() {
-                break;
+        })? {
+            Outcome::Held => report.lease = LeaseState::Held,
+            Outcome::Wait(t) => {
+                report.lease = LeaseState::WaitUntil(t);
+                return Ok(());
+            }
+            Outcome::Lost => {
+                report.lease = LeaseState::Lost;
+                return Ok(());
             }
         }
+        report.pending = true;
+
+        if toggle.cancel && !self.cancel(&held, report).await? {
+            report.pending = false;
+            return Ok(());
+        }
+        let Some(action) = release else {
+            // Nothing held: a force has nothing to do; honour it once anyway
+            // so that it does not linger. (Or a refused cancel while the
+            // gate is closed: the release goes on when it opens.)
+            if toggle.force && held.is_empty() {
+                self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
+            }
+            report.pending = false;
+            return Ok(());
+        };
+        if let Action::Release { forced: Some(why) } = &action {
+            tracing::warn!(blocking = %why, "overlay switch release forced by the operator");
+        }
+        let opened_at = opened_at(routes.all_routed_since, settle).filter(|_| gate.is_open());
+        // All or nothing: if any recorded change no longer applies, or any
+        // write would be refused, release none, so that a failure never
+        // leaves the cluster half switched.
+        if !self.preflight(&held, &action, report).await? {
+            return Ok(());
+        }
+        // Mark the release as started before its first write: until it is
+        // complete, a cancel (seen by any replica) is refused.
+        let marker = self.in_progress_marker(&held).await?;
+        self.renew(Marker::Set(marker)).await?;
+        for h in &held {
+            self.handle(h, &action, opened_at, false, report).await?;
+        }
+        self.renew(Marker::Clear).await?;
         // The force is honoured once: removed when nothing it was for is left.
-        if toggle.force && report.conflicts.is_empty() && report.held_again.is_empty() {
+        if toggle.force {
             self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
         }
+        report.pending = false;
         if !report.released.is_empty() {
             tracing::info!(released = ?report.released, forced = toggle.force && !gate.is_open(), "held overlay switches released");
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// The marker of the release about to start: the objects it releases,
+    /// plus those of an earlier release that is still partially applied.
+    async fn in_progress_marker(&self, held: &[HeldObject]) -> Result<InProgress, Stop> {
+        let mut objects: Vec<ObjectKey> = held.iter().map(|h| h.key.clone()).collect();
+        let mut since = hold::format_time(Timestamp::now());
+        if let Some(earlier) = self.lease.in_progress() {
+            let states = self.read_states(&earlier.objects).await?;
+            let p = lease::progress(&earlier.objects, |k| {
+                states.get(k).map(|s| s.0).unwrap_or(ObjectState::Gone)
+            });
+            if matches!(p, Progress::Partial { .. }) {
+                objects.extend(earlier.objects);
+                objects.sort();
+                objects.dedup();
+                since = earlier.since;
+            }
+        }
+        Ok(InProgress { since, objects })
+    }
+
+    /// Reads objects afresh: held, released or gone, with their uid.
+    async fn read_states(
+        &self,
+        keys: &[ObjectKey],
+    ) -> Result<HashMap<ObjectKey, (ObjectState, Option<String>)>, Stop> {
+        let mut states = HashMap::new();
+        for key in keys {
+            let state = match api(&self.client, key).get_opt(&key.name).await {
+                Ok(None) => (ObjectState::Gone, None),
+                Ok(Some(o)) if has_record(&o) => (ObjectState::Held, o.metadata.uid),
+                Ok(Some(o)) => (ObjectState::Released, o.metadata.uid),
+                Err(e) => return Err(Failure::request(key, None, "read", &e).into()),
+            };
+            states.insert(key.clone(), state);
+        }
+        Ok(states)
+    }
+
+    /// Honours the cancel, unless a release has started and is partially
+    /// applied: cancelling the rest would leave the cluster half switched
+    /// with nothing held, so the cancel is refused (and removed, with a
+    /// Warning event) and the release is completed instead. True when refused.
+    async fn cancel(&self, held: &[HeldObject], report: &mut PassReport) -> Result<bool, Stop> {
+        let mut keys: Vec<ObjectKey> = held.iter().map(|h| h.key.clone()).collect();
+        let marker = self.lease.in_progress();
+        if let Some(m) = &marker {
+            keys.extend(m.objects.iter().cloned());
+            keys.sort();
+            keys.dedup();
+        }
+        let states = self.read_states(&keys).await?;
+        let state = |k: &ObjectKey| states.get(k).map(|s| s.0).unwrap_or(ObjectState::Gone);
+        if let Some(m) = &marker {
+            match lease::progress(&m.objects, state) {
+                Progress::Partial {
+                    released,
+                    remaining,
+                } => {
+                    let released: Vec<String> = released.iter().map(ToString::to_string).collect();
+                    tracing::warn!(released = ?released, remaining = ?remaining.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "overlay switch cancel refused: a release is partially applied; it is completed instead");
+                    for k in &remaining {
+                        self.events
+                            .publish(
+                                k,
+                                states.get(k).and_then(|s| s.1.clone()),
+                                EventType::Warning,
+                                "OverlaySwitchCancelRefused",
+                                format!(
+                                    "cancel refused: the release of the held switch has started ({} already released); cancelling the rest would leave the cluster half switched, so the release is completed instead",
+                                    released.join(", ")
+                                ),
+                                Duration::ZERO,
+                            )
+                            .await;
+                    }
+                    self.clear_namespace_annotation(CANCEL_ANNOTATION).await?;
+                    report.cancel_refused = true;
+                    return Ok(true);
+                }
+                Progress::NotStarted | Progress::Complete => self.renew(Marker::Clear).await?,
+            }
+        }
+        for h in held {
+            let seen_held = state(&h.key) == ObjectState::Held;
+            self.handle(h, &Action::Cancel, None, seen_held, report)
+                .await?;
+        }
+        tracing::info!(cancelled = ?report.cancelled, "overlay switch cancel honoured");
+        self.clear_namespace_annotation(CANCEL_ANNOTATION).await?;
+        Ok(false)
+    }
+
+    /// Renews the release lease before a write; stops the pass if that fails.
+    async fn renew(&self, marker: Marker) -> Result<(), Stop> {
+        match self.lease.renew(marker).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Stop::LeaseLost),
+            Err(e) => Err(Failure::other(
+                "Lease",
+                self.lease_name(),
+                "renewal of the release lease",
+                &e,
+            )
+            .into()),
+        }
+    }
+
+    /// Logs, counts and (for conflicts and denials) publishes a failure.
+    async fn fail(&self, f: Failure, report: &mut PassReport) {
+        tracing::warn!(object = %f.object, class = %f.class, failure = %f.message, "held overlay switch cannot be released or cancelled now; still holding");
+        self.metrics
+            .release_failures
+            .get_or_create(&FailureLabels {
+                kind: f.kind.clone(),
+                class: f.class,
+            })
+            .inc();
+        if f.class == FailureClass::Conflict {
+            self.metrics
+                .release_conflicts
+                .get_or_create(&KindLabels {
+                    kind: f.kind.clone(),
+                })
+                .inc();
+        }
+        if let Some(key) = &f.key
+            && f.class != FailureClass::Transient
+        {
+            self.events
+                .publish(
+                    key,
+                    f.uid.clone(),
+                    EventType::Warning,
+                    "OverlaySwitchConflict",
+                    failure_note(&f),
+                    HELD_EVENT_INTERVAL,
+                )
+                .await;
+        }
+        report.failures.push(f);
     }
 
     /// What `action` would write for the object as it is now.
@@ -367,160 +787,175 @@ impl Releaser {
     }
 
     /// All or nothing: every held change must apply onto its object as it is
-    /// now, and the API server (with this webhook) must accept the write, as
-    /// a server-side dry run shows, before anything is written. Reports each
-    /// one that would fail. True when all would succeed.
+    /// now, and the API server (with this webhook and every admission
+    /// webhook and policy) must accept the write, as a server-side dry run
+    /// shows, before anything is written. Reports each one that would fail.
+    /// True when all would succeed.
     async fn preflight(
         &self,
         held: &[HeldObject],
         action: &Action,
         report: &mut PassReport,
-    ) -> Result<bool, kube::Error> {
+    ) -> Result<bool, Stop> {
+        let mut ok = true;
         for h in held {
             let api = api(&self.client, &h.key);
-            let Some(current) = api.get_opt(&h.key.name).await? else {
-                continue;
+            let current = match api.get_opt(&h.key.name).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.fail(Failure::request(&h.key, None, "read", &e), report)
+                        .await;
+                    ok = false;
+                    continue;
+                }
             };
-            let why = match self.next_object(h, &current, action) {
+            let uid = current.metadata.uid.clone();
+            let failure = match self.next_object(h, &current, action) {
                 Next::Skip => continue,
-                Next::Conflict(why) => why,
+                Next::Conflict(why) => Failure::object(&h.key, uid, FailureClass::Conflict, why),
                 Next::Write(next, _) => {
                     let dry = PostParams {
                         dry_run: true,
                         ..PostParams::default()
                     };
-                    match api.replace(&h.key.name, &dry, &next).await {
+                    let answer = lease::with_deadline(
+                        self.lease.write_deadline(),
+                        api.replace(&h.key.name, &dry, &next),
+                    )
+                    .await;
+                    match answer {
                         Ok(out) if !has_record(&out) => continue,
-                        Ok(out) => format!(
-                            "the webhook would hold it again: {}",
-                            out.metadata
-                                .annotations
-                                .as_ref()
-                                .and_then(|a| a.get(hold::REASON_ANNOTATION))
-                                .map(String::as_str)
-                                .unwrap_or("no reason given")
+                        // This webhook (another replica's view of the routes)
+                        // would hold it again: look again soon.
+                        Ok(out) => Failure::object(
+                            &h.key,
+                            uid,
+                            FailureClass::Transient,
+                            format!("the webhook would hold it again: {}", held_reason(&out)),
                         ),
-                        // A newer change arrived meanwhile: look again next pass.
-                        Err(kube::Error::Api(s)) if s.code == 409 => {
-                            report.held_again.push(h.key.to_string());
-                            return Ok(false);
-                        }
-                        Err(kube::Error::Api(s)) => {
-                            format!("the API server refuses the write: {}", s.message)
-                        }
-                        Err(e) => return Err(e),
+                        Err(e) => Failure::request(&h.key, uid, "write (dry run)", &e),
                     }
                 }
             };
-            self.conflict(h, &current, &format!("{:?}", h.key.kind), why)
-                .await;
-            report.conflicts.push(h.key.to_string());
+            self.fail(failure, report).await;
+            ok = false;
         }
-        Ok(report.conflicts.is_empty())
+        Ok(ok)
     }
 
+    /// Releases or cancels one object, with its resourceVersion, renewing
+    /// the lease right before the write. `must_have_record`: the object was
+    /// seen held at the start of this cancel, so a record that has gone
+    /// meanwhile means someone released it: the cancel stops there.
     async fn handle(
         &self,
         h: &HeldObject,
         action: &Action,
         opened_at: Option<Timestamp>,
+        must_have_record: bool,
         report: &mut PassReport,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), Stop> {
         let api = api(&self.client, &h.key);
         let kind = format!("{:?}", h.key.kind);
+        let mut seen_record = must_have_record;
         for _ in 0..CONFLICT_RETRIES {
-            let Some(current) = api.get_opt(&h.key.name).await? else {
-                return Ok(()); // gone
+            let current = match api.get_opt(&h.key.name).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Ok(()), // gone
+                Err(e) => return Err(Failure::request(&h.key, None, "read", &e).into()),
             };
+            let uid = current.metadata.uid.clone();
             let (next, since) = match self.next_object(h, &current, action) {
+                Next::Skip if seen_record && matches!(action, Action::Cancel) => {
+                    return Err(Failure::object(
+                        &h.key,
+                        uid,
+                        FailureClass::Transient,
+                        "its record was removed while the cancel ran (released meanwhile?); looking again before cancelling anything else",
+                    )
+                    .into());
+                }
                 Next::Skip => return Ok(()),
                 Next::Conflict(why) => {
-                    self.conflict(h, &current, &kind, why).await;
-                    report.conflicts.push(h.key.to_string());
-                    return Ok(());
+                    return Err(Failure::object(&h.key, uid, FailureClass::Conflict, why).into());
                 }
                 Next::Write(next, since) => (next, since),
             };
-            match api
-                .replace(&h.key.name, &PostParams::default(), &next)
-                .await
-            {
-                Ok(written) => {
-                    if has_record(&written) {
-                        // The webhook held it again (its gate closed meanwhile).
-                        tracing::info!(object = %h.key, "release was held again by the webhook; retrying");
-                        report.held_again.push(h.key.to_string());
-                        return Ok(());
-                    }
-                    let held_secs = since
-                        .map(|s| Timestamp::now().duration_since(s).as_secs().max(0))
-                        .unwrap_or(0);
-                    match action {
-                        Action::Release { forced } => {
-                            self.metrics
-                                .releases
-                                .get_or_create(&KindLabels { kind: kind.clone() })
-                                .inc();
-                            if let Some(opened) = opened_at {
-                                let delay = Timestamp::now()
-                                    .duration_since(opened)
-                                    .as_secs_f64()
-                                    .max(0.0);
-                                self.metrics.release_delay_seconds.observe(delay);
-                            }
-                            self.events
-                                .publish(
-                                    &h.key,
-                                    written.metadata.uid.clone(),
-                                    EventType::Normal,
-                                    "OverlaySwitchReleased",
-                                    released_note(held_secs, forced.as_deref()),
-                                    Duration::ZERO,
-                                )
-                                .await;
-                            report.released.push(h.key.to_string());
-                        }
-                        Action::Cancel => {
-                            self.events
-                                .publish(&h.key, written.metadata.uid.clone(), EventType::Normal, "OverlaySwitchCancelled",
-                                    format!("held overlay switch cancelled by the operator after {held_secs}s; the overlay configuration stays"),
-                                    Duration::ZERO)
-                                .await;
-                            report.cancelled.push(h.key.to_string());
-                        }
-                    }
-                    return Ok(());
-                }
+            seen_record = true;
+            self.renew(Marker::Keep).await?;
+            let written = lease::with_deadline(
+                self.lease.write_deadline(),
+                api.replace(&h.key.name, &PostParams::default(), &next),
+            )
+            .await;
+            let written = match written {
+                Ok(w) => w,
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     tracing::debug!(object = %h.key, "write conflict; reading again");
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(Failure::request(&h.key, uid, "write", &e).into()),
+            };
+            if has_record(&written) {
+                // The webhook held it again (its gate closed meanwhile).
+                return Err(Failure::object(
+                    &h.key,
+                    uid,
+                    FailureClass::Transient,
+                    format!("the webhook held it again: {}", held_reason(&written)),
+                )
+                .into());
             }
+            let now = Timestamp::now();
+            let held_secs = since.map(|s| secs_between(s, now)).unwrap_or(0);
+            match action {
+                Action::Release { forced } => {
+                    self.metrics
+                        .releases
+                        .get_or_create(&KindLabels { kind: kind.clone() })
+                        .inc();
+                    if let Some(opened) = opened_at {
+                        let delay = now.duration_since(opened).as_secs_f64().max(0.0);
+                        self.metrics.release_delay_seconds.observe(delay);
+                    }
+                    self.events
+                        .publish(
+                            &h.key,
+                            written.metadata.uid.clone(),
+                            EventType::Normal,
+                            "OverlaySwitchReleased",
+                            released_note(held_secs, forced.as_deref()),
+                            Duration::ZERO,
+                        )
+                        .await;
+                    report.released.push(h.key.to_string());
+                }
+                Action::Cancel => {
+                    self.events
+                        .publish(&h.key, written.metadata.uid.clone(), EventType::Normal, "OverlaySwitchCancelled",
+                            format!("held overlay switch cancelled by the operator after {held_secs}s; the overlay configuration stays"),
+                            Duration::ZERO)
+                        .await;
+                    report.cancelled.push(h.key.to_string());
+                }
+            }
+            return Ok(());
         }
         // Still conflicting after several reads: try again later, with back-off.
-        report.held_again.push(h.key.to_string());
-        Ok(())
+        Err(Failure::object(
+            &h.key,
+            None,
+            FailureClass::Transient,
+            "it kept changing while being written (write conflicts)",
+        )
+        .into())
     }
 
-    async fn conflict(&self, h: &HeldObject, obj: &DynamicObject, kind: &str, why: String) {
-        tracing::warn!(object = %h.key, conflict = %why, "held overlay switch cannot be released; still holding");
-        self.metrics
-            .release_conflicts
-            .get_or_create(&KindLabels {
-                kind: kind.to_string(),
-            })
-            .inc();
-        self.events
-            .publish(&h.key, obj.metadata.uid.clone(), EventType::Warning, "OverlaySwitchConflict",
-                format!("{why}; the switch stays held: re-apply the desired configuration, or cancel with the {CANCEL_ANNOTATION} annotation"),
-                HELD_EVENT_INTERVAL)
-            .await;
-    }
-
-    /// Removes a once-only annotation from the toggle namespace; a `test` op
-    /// makes a second replica's removal fail harmlessly.
-    async fn clear_namespace_annotation(&self, key: &str) -> Result<(), kube::Error> {
+    /// Removes a once-only annotation from the toggle namespace (renewing the
+    /// lease first); a `test` op makes a second removal fail harmlessly.
+    async fn clear_namespace_annotation(&self, key: &str) -> Result<(), Stop> {
+        self.renew(Marker::Keep).await?;
         let api: Api<Namespace> = Api::all(self.client.clone());
         let path = format!(
             "/metadata/annotations/{}",
@@ -531,22 +966,36 @@ impl Releaser {
             {"op": "remove", "path": path},
         ]))
         .expect("static patch");
-        match api
-            .patch(
-                self.cluster.toggle.namespace(),
-                &PatchParams::default(),
-                &Patch::Json::<()>(patch),
-            )
-            .await
+        let ns = self.cluster.toggle.namespace();
+        match lease::with_deadline(
+            self.lease.write_deadline(),
+            api.patch(ns, &PatchParams::default(), &Patch::Json::<()>(patch)),
+        )
+        .await
         {
             Ok(ns) => {
                 tracing::info!(annotation = key, namespace = %ns.meta().name.clone().unwrap_or_default(), "once-only annotation honoured and removed");
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 || s.code == 404 => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(Failure::other(
+                "Namespace",
+                format!("Namespace {ns}"),
+                &format!("removal of the {key} annotation"),
+                &e,
+            )
+            .into()),
         }
     }
+}
+
+fn held_reason(obj: &DynamicObject) -> String {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(hold::REASON_ANNOTATION))
+        .cloned()
+        .unwrap_or_else(|| "no reason given".into())
 }
 
 #[cfg(test)]
@@ -609,6 +1058,123 @@ mod tests {
         assert!(
             released_note(4, Some("1 of 3 nodes has no route yet"))
                 .contains("forced by the operator although 1 of 3")
+        );
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(500));
+        // A cap below the start, and huge values, do not overflow.
+        let mut odd = Backoff::new(Duration::MAX, Duration::from_secs(1));
+        assert_eq!(odd.next_delay(), Duration::from_secs(1));
+        let mut big = Backoff::new(Duration::from_secs(u64::MAX / 2 + 1), Duration::MAX);
+        big.next_delay();
+        assert_eq!(big.next_delay(), Duration::MAX);
+    }
+
+    #[test]
+    fn failures_are_classified_by_status() {
+        use FailureClass::*;
+        for (code, class) in [
+            (400, Denied), // an admission webhook's refusal
+            (401, Denied),
+            (403, Denied), // RBAC, or a ValidatingAdmissionPolicy
+            (422, Denied), // invalid, or a policy with reason Invalid
+            (404, Transient),
+            (408, Transient),
+            (409, Transient),
+            (429, Transient),
+            (500, Transient),
+            (503, Transient),
+            (504, Transient),
+        ] {
+            assert_eq!(classify_code(code), class, "{code}");
+            let e = kube::Error::Api(
+                kube::core::Status {
+                    code,
+                    message: "m".into(),
+                    ..Default::default()
+                }
+                .boxed(),
+            );
+            assert_eq!(classify(&e), class, "{code}");
+        }
+        let timeout = kube::Error::Service(Box::new(std::io::Error::other("timed out")));
+        assert_eq!(classify(&timeout), Transient);
+    }
+
+    #[test]
+    fn the_conflict_text_names_the_class_first() {
+        let k = key("calico-node");
+        let denied = Failure::request(
+            &k,
+            None,
+            "write (dry run)",
+            &kube::Error::Api(
+                kube::core::Status {
+                    code: 403,
+                    message: "ValidatingAdmissionPolicy 'no-native' denied request".into(),
+                    ..Default::default()
+                }
+                .boxed(),
+            ),
+        );
+        assert_eq!(denied.class, FailureClass::Denied);
+        assert_eq!(denied.kind, "DaemonSet");
+        let note = failure_note(&denied);
+        assert!(
+            note.starts_with("denied: the API server refuses the write (dry run): ValidatingAdmissionPolicy 'no-native' denied request (HTTP 403)"),
+            "{note}"
+        );
+        assert!(note.contains("retried with back-off"), "{note}");
+        let unavailable = Failure::request(
+            &k,
+            None,
+            "write",
+            &kube::Error::Api(
+                kube::core::Status {
+                    code: 503,
+                    message: "etcdserver: leader changed".into(),
+                    ..Default::default()
+                }
+                .boxed(),
+            ),
+        );
+        assert!(failure_note(&unavailable).starts_with("transient: the write failed: etcdserver"));
+        let conflict = Failure::object(&k, None, FailureClass::Conflict, "test failed");
+        assert!(
+            failure_note(&conflict)
+                .starts_with("conflict: test failed; the switch stays held: re-apply")
+        );
+    }
+
+    #[test]
+    fn time_arithmetic_saturates_at_the_ends_of_time() {
+        let max = Timestamp::MAX;
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        // A node reporting its route since the year 9999: no panic, no time.
+        assert_eq!(opened_at(Some(max), Duration::from_secs(10)), None);
+        assert_eq!(opened_at(None, Duration::from_secs(10)), None);
+        assert_eq!(
+            opened_at(Some(now), Duration::from_secs(10)),
+            Some("2026-01-01T00:00:10Z".parse().unwrap())
+        );
+        assert_eq!(opened_at(Some(now), Duration::MAX), None);
+        assert_eq!(secs_between(max, now), 0);
+        assert_eq!(
+            secs_between(Timestamp::MIN, max),
+            max.as_second() - Timestamp::MIN.as_second()
+        );
+        assert_eq!(
+            secs_between("2025-12-31T23:59:00Z".parse().unwrap(), now),
+            60
         );
     }
 }

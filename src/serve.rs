@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::cluster::{Cluster, Settings};
+use crate::release::lease::{self, ReleaseLease};
 use crate::release::{Events, HELD_EVENT_INTERVAL, Releaser};
 use crate::server::{self, AppState};
 use crate::tls::CertFiles;
@@ -50,6 +51,11 @@ pub struct ServeArgs {
     /// operator's next apply.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub release: bool,
+    /// Duration of the release lease (`overlay-switch-webhook-release` in the
+    /// Calico namespace) that makes one replica at a time release or cancel.
+    /// Another replica takes over this long after the holder stopped renewing it.
+    #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
+    pub release_lease_duration: Duration,
     /// Name of this replica, for events (the Deployment sets it from the pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -93,6 +99,14 @@ impl ClusterArgs {
             ..Settings::default()
         }
     }
+}
+
+fn parse_lease_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?}: must be between 1s and 1h"));
+    }
+    Ok(d)
 }
 
 /// Parses durations like `10s`, `500ms`, `2m` (humantime's syntax).
@@ -148,13 +162,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let state = AppState::new(cluster.clone(), Some(on_outcome));
+    let mut release_lease = None;
     if args.release {
+        let lease = Arc::new(ReleaseLease::new(
+            client.clone(),
+            &args.cluster.calico_namespace,
+            lease::identity(args.pod_name.as_deref()),
+            args.release_lease_duration,
+            state.metrics().release_lease_holder.clone(),
+        ));
+        release_lease = Some(lease.clone());
         tasks.spawn(
             Releaser {
                 cluster: cluster.clone(),
                 client: client.clone(),
                 metrics: state.metrics().clone(),
                 events,
+                lease,
             }
             .run(),
         );
@@ -227,7 +251,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = webhook_task.await;
     let _ = admin_task.await;
-    tasks.abort_all();
+    // Stop the release controller (and the rest) first, then hand the
+    // release lease on, so that another replica need not wait for it to expire.
+    tasks.shutdown().await;
+    if let Some(lease) = release_lease {
+        match tokio::time::timeout(Duration::from_secs(2), lease.give_up()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot give up the release lease; it expires by itself")
+            }
+            Err(_) => tracing::warn!("giving up the release lease timed out; it expires by itself"),
+        }
+    }
     tracing::info!("stopped");
     match failed {
         None => Ok(()),

@@ -417,6 +417,19 @@ fn the_service_account_may_do_exactly_what_the_release_needs() {
         &["update", "configmaps", "-n", "kube-system"],
         &["update", "ippools.crd.projectcalico.org"],
         &["create", "events.events.k8s.io", "-n", "kube-system"],
+        &[
+            "get",
+            "leases.coordination.k8s.io/overlay-switch-webhook-release",
+            "-n",
+            "kube-system",
+        ],
+        &[
+            "update",
+            "leases.coordination.k8s.io/overlay-switch-webhook-release",
+            "-n",
+            "kube-system",
+        ],
+        &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
     ] {
         assert!(can(allowed), "should be allowed: {allowed:?}");
     }
@@ -427,7 +440,137 @@ fn the_service_account_may_do_exactly_what_the_release_needs() {
         &["get", "secrets", "-n", "kube-system"],
         &["create", "configmaps", "-n", "kube-system"],
         &["delete", "ippools.crd.projectcalico.org"],
+        // The release lease only: not another component's, not elsewhere.
+        &[
+            "update",
+            "leases.coordination.k8s.io/kube-controller-manager",
+            "-n",
+            "kube-system",
+        ],
+        &["list", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &[
+            "delete",
+            "leases.coordination.k8s.io/overlay-switch-webhook-release",
+            "-n",
+            "kube-system",
+        ],
+        &["create", "leases.coordination.k8s.io", "-n", "default"],
     ] {
         assert!(!can(denied), "should be denied: {denied:?}");
     }
+}
+
+/// The `release pass` debug line that preceded the release, if any: what woke it.
+fn woken_by_before_release(log: &str) -> Option<String> {
+    let mut woken = None;
+    for l in log.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if v["message"] == "release pass" {
+            woken = v["woken_by"].as_str().map(String::from);
+        }
+        if v["message"] == "held overlay switches released" {
+            return woken;
+        }
+    }
+    None
+}
+
+#[test]
+fn a_release_denied_by_an_admission_policy_is_retried_until_the_policy_is_gone() {
+    let env = setup(&[]);
+    apply_native(&env);
+    deny_native_configmap(&env.cp, "no-native-routing");
+    env.set_node("node-c", Cond::Routed);
+    let denied = "overlay_switch_release_failures_total{kind=\"ConfigMap\",class=\"Denied\"}";
+    eventually("denial seen twice", Duration::from_secs(30), || {
+        (env.server.metric(denied) >= 2.0).then_some(())
+    });
+    // All or nothing: the dry run was refused, nothing was written.
+    assert_eq!(records(&env), 3);
+    assert_eq!(
+        env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}"),
+        "Always"
+    );
+    // Not counted as a conflict of the recorded change.
+    assert_eq!(
+        env.server
+            .metric("overlay_switch_release_conflicts_total{kind=\"ConfigMap\"}"),
+        0.0
+    );
+    let ev = events(&env, "kube-system", "calico-config");
+    assert!(
+        ev.contains("OverlaySwitchConflict")
+            && ev.contains("denied: the API server refuses the write (dry run)")
+            && ev.contains("native routing is not allowed today"),
+        "{ev}"
+    );
+    assert!(env.server.log_text().contains("\"class\":\"denied\""));
+
+    // The policy goes: with no node event and no change to the held
+    // objects, the back-off timer alone brings the release.
+    allow_native_configmap(&env.cp, "no-native-routing");
+    eventually(
+        "release after the policy is gone",
+        Duration::from_secs(45),
+        || native_everywhere(&env).then_some(()),
+    );
+    assert_eq!(
+        woken_by_before_release(&env.server.log_text()).as_deref(),
+        Some("timer")
+    );
+}
+
+#[test]
+fn a_conflict_undone_by_an_edit_that_is_no_switch_is_released_at_once() {
+    let env = setup(&[]);
+    apply_native(&env);
+    // A non-switch edit shifts calico-node's env: the recorded change no
+    // longer applies.
+    let (ok, _, err) = env.kubectl_raw(&[
+        "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",
+        r#"[{"op":"add","path":"/spec/template/spec/containers/1/env/0","value":{"name":"EXTRA","value":"1"}}]"#,
+    ]);
+    assert!(ok && err.contains("overlay switch pending"), "{err}");
+    env.set_node("node-c", Cond::Routed);
+    eventually("conflict reported", Duration::from_secs(30), || {
+        (env.server
+            .metric("overlay_switch_release_failures_total{kind=\"DaemonSet\",class=\"Conflict\"}")
+            >= 1.0)
+            .then_some(())
+    });
+    // Wait until the back-off is long (8 s), so that only a wake-up can
+    // explain a prompt release.
+    eventually("a long back-off", Duration::from_secs(30), || {
+        env.server
+            .log_text()
+            .contains("\"retry_in\":\"8s\"")
+            .then_some(())
+    });
+    assert_eq!(records(&env), 3);
+
+    // The edit is undone by another update that is no switch (no node event).
+    let t = Instant::now();
+    let (ok, _, err) = env.kubectl_raw(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "daemonset",
+        "calico-node",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/template/spec/containers/1/env/0/name","value":"EXTRA"},
+            {"op":"remove","path":"/spec/template/spec/containers/1/env/0"}]"#,
+    ]);
+    assert!(ok && err.contains("overlay switch pending"), "{err}");
+    eventually("release after the fix", Duration::from_secs(6), || {
+        native_everywhere(&env).then_some(())
+    });
+    eprintln!("released {:?} after the edit", t.elapsed());
+    assert_eq!(
+        woken_by_before_release(&env.server.log_text()).as_deref(),
+        Some("held")
+    );
+    assert_eq!(env_value(&ds(&env), "EXTRA"), None);
 }

@@ -527,3 +527,213 @@ pub fn kubeconfig_with_token(cp: &ControlPlane, dir: &Path, name: &str, token: &
     std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
     path
 }
+
+// --- Replicas, the release lease, admission policies ---
+
+/// Name of the release lease in the Calico namespace.
+pub const RELEASE_LEASE: &str = "overlay-switch-webhook-release";
+
+/// manifests/ namespace, ServiceAccount and RBAC applied for real, and a
+/// kubeconfig with a token of that ServiceAccount.
+pub fn manifest_service_account_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
+    for f in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
+        cp.kubectl_ok(
+            &["apply", "-f", repo("manifests").join(f).to_str().unwrap()],
+            None,
+        )
+        .unwrap();
+    }
+    let token = cp
+        .kubectl_ok(
+            &[
+                "-n",
+                "overlay-switch-webhook",
+                "create",
+                "token",
+                "overlay-switch-webhook",
+                "--duration=2h",
+            ],
+            None,
+        )
+        .unwrap();
+    kubeconfig_with_token(cp, dir, "webhook", token.trim())
+}
+
+/// Registers `server` as the webhook (replacing any earlier registration)
+/// and waits until the API server calls it.
+pub fn register_webhook_at(cp: &ControlPlane, server: &Server) {
+    let out = Command::new(BIN)
+        .args(["webhook-config", "--mode", "url", "--ca-file"])
+        .arg(server.certs.join("ca.crt"))
+        .args([
+            "--url",
+            &format!("https://127.0.0.1:{}/mutate", server.port),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&String::from_utf8(out.stdout).unwrap()),
+    )
+    .unwrap();
+    let reviews = || {
+        server.metric(
+            "overlay_switch_admission_reviews_total{kind=\"ConfigMap\",decision=\"Allowed\",dry_run=\"true\"}",
+        )
+    };
+    eventually(
+        "webhook called at its new address",
+        Duration::from_secs(20),
+        || {
+            let before = reviews();
+            let _ = cp.kubectl_run(
+                &[
+                    "-n",
+                    "kube-system",
+                    "annotate",
+                    "configmap",
+                    "calico-config",
+                    "e2e-probe=2",
+                    "--overwrite",
+                    "--dry-run=server",
+                ],
+                None,
+            );
+            (reviews() > before).then_some(())
+        },
+    );
+}
+
+/// SIGKILL: the process gets no chance to give anything up.
+pub fn kill_hard(server: &Server) {
+    let status = Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until `server`'s route cache shows `with_route` of `total` nodes.
+pub fn wait_nodes_on(server: &Server, total: usize, with_route: usize) {
+    eventually(
+        &format!("route cache at {with_route}/{total}"),
+        Duration::from_secs(10),
+        || {
+            (server.metric("overlay_switch_nodes ") == total as f64
+                && server.metric("overlay_switch_nodes_with_route ") == with_route as f64)
+                .then_some(())
+        },
+    );
+}
+
+/// The release lease holder identity of `server`, from its log.
+pub fn lease_identity(server: &Server) -> String {
+    eventually(
+        "release controller identity in the log",
+        Duration::from_secs(10),
+        || {
+            server.log_text().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "release controller started")
+                    .then(|| v["identity"].as_str().map(String::from))
+                    .flatten()
+            })
+        },
+    )
+}
+
+/// The release lease as kubectl shows it (`None` when it does not exist).
+pub fn release_lease(cp: &ControlPlane) -> Option<serde_json::Value> {
+    let out = cp
+        .kubectl_run(
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "lease",
+                RELEASE_LEASE,
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The holder of the release lease ("" when free or absent).
+pub fn lease_holder(cp: &ControlPlane) -> String {
+    release_lease(cp)
+        .and_then(|l| {
+            l.pointer("/spec/holderIdentity")?
+                .as_str()
+                .map(String::from)
+        })
+        .unwrap_or_default()
+}
+
+/// A ValidatingAdmissionPolicy (and its binding) refusing any ConfigMap
+/// with `calico_backend: none`; waits until the API server enforces it.
+pub fn deny_native_configmap(cp: &ControlPlane, name: &str) {
+    let yaml = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: ["v1"]
+      operations: ["CREATE", "UPDATE"]
+      resources: ["configmaps"]
+  validations:
+  - expression: "!has(object.data) || !('calico_backend' in object.data) || object.data.calico_backend != 'none'"
+    message: "native routing is not allowed today"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: {name}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+"#
+    );
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(&yaml)).unwrap();
+    eventually("the policy enforced", Duration::from_secs(30), || {
+        let out = cp
+            .kubectl_run(
+                &[
+                    "-n",
+                    "default",
+                    "create",
+                    "configmap",
+                    "policy-probe",
+                    "--from-literal=calico_backend=none",
+                    "--dry-run=server",
+                ],
+                None,
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr)
+            .contains("native routing is not allowed today")
+            .then_some(())
+    });
+}
+
+/// Deletes that policy and its binding.
+pub fn allow_native_configmap(cp: &ControlPlane, name: &str) {
+    cp.kubectl_ok(&["delete", "validatingadmissionpolicybinding", name], None)
+        .unwrap();
+    cp.kubectl_ok(&["delete", "validatingadmissionpolicy", name], None)
+        .unwrap();
+}
