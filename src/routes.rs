@@ -570,3 +570,116 @@ mod tests {
         assert_eq!(c.nodes()[0].1.route, Ok(Timestamp::from_second(1).unwrap()));
     }
 }
+
+/// `routes_gate` and `opens_in` (src/gate.rs) at the ends of time; kept
+/// here, next to the cache whose times they judge.
+#[cfg(test)]
+mod gate_times {
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use proptest::prelude::*;
+
+    use super::Snapshot;
+    use crate::gate::{Gate, opens_in, routes_gate};
+
+    fn routed(since: Timestamp) -> Snapshot {
+        Snapshot {
+            synced: true,
+            total: 2,
+            with_route: 2,
+            all_routed_since: Some(since),
+            blockers: vec![],
+        }
+    }
+
+    fn closed(g: &Gate) -> &str {
+        match g {
+            Gate::Closed(w) => w,
+            Gate::Open => panic!("open"),
+        }
+    }
+
+    #[test]
+    fn extreme_timestamps_give_an_answer_not_a_panic() {
+        let (min, max) = (Timestamp::MIN, Timestamp::MAX);
+        let ten = Duration::from_secs(10);
+        // Routed since the beginning of time, asked at its end: open.
+        for settle in [Duration::ZERO, ten] {
+            assert_eq!(routes_gate(&routed(min), settle, max), Gate::Open);
+            assert_eq!(opens_in(&routed(min), settle, max), Some(Duration::ZERO));
+        }
+        // A settle time longer than time itself never opens.
+        let g = routes_gate(&routed(min), Duration::MAX, max);
+        assert!(closed(&g).contains("settling for"), "{g:?}");
+        assert!(opens_in(&routed(min), Duration::MAX, max).unwrap() > Duration::ZERO);
+        // Since at the end of time, asked at its beginning: closed until
+        // since + settle, which is further than any duration jiff holds.
+        for settle in [Duration::ZERO, ten, Duration::MAX] {
+            let g = routes_gate(&routed(max), settle, min);
+            assert!(closed(&g).contains("settling for"), "{g:?}");
+            let left = opens_in(&routed(max), settle, min).unwrap();
+            assert!(left >= Duration::from_secs(max.as_second().unsigned_abs()));
+        }
+        // Both at an end.
+        assert_eq!(
+            routes_gate(&routed(max), ten, max),
+            Gate::Closed("all 2 nodes have routes, settling for 10s more".into())
+        );
+        assert_eq!(routes_gate(&routed(min), Duration::ZERO, min), Gate::Open);
+        assert_eq!(opens_in(&routed(max), ten, max), Some(ten));
+    }
+
+    #[test]
+    fn since_in_the_future_waits_for_it_plus_settle() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let since = now + Duration::from_secs(3600);
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            routes_gate(&routed(since), ten, now),
+            Gate::Closed("all 2 nodes have routes, settling for 3610s more".into())
+        );
+        assert_eq!(
+            opens_in(&routed(since), ten, now),
+            Some(Duration::from_secs(3610))
+        );
+        assert_eq!(routes_gate(&routed(since), ten, since + ten), Gate::Open);
+    }
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        let (lo, hi) = (Timestamp::MIN.as_second(), Timestamp::MAX.as_second());
+        prop_oneof![
+            Just(Timestamp::MIN),
+            Just(Timestamp::MAX),
+            Just(Timestamp::UNIX_EPOCH),
+            (lo..=hi, 0..1_000_000_000i32)
+                .prop_map(|(s, n)| Timestamp::new(s, n).unwrap_or(Timestamp::MAX)),
+            (1_700_000_000i64..1_900_000_000).prop_map(|s| Timestamp::from_second(s).unwrap()),
+        ]
+    }
+
+    fn settle() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..100).prop_map(Duration::from_secs),
+            any::<u64>().prop_map(Duration::from_secs),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_gate_and_its_wake_up_agree_for_any_times(
+            since in timestamp(), now in timestamp(), settle in settle()
+        ) {
+            let r = routed(since);
+            let gate = routes_gate(&r, settle, now);
+            let left = opens_in(&r, settle, now).unwrap();
+            prop_assert_eq!(gate.is_open(), left.is_zero());
+            // Open exactly when settle has passed since `since`.
+            let elapsed = now.duration_since(since);
+            let settle_s = SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX);
+            prop_assert_eq!(gate.is_open(), elapsed >= settle_s);
+        }
+    }
+}
