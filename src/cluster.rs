@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 
 use crate::held::{HeldRegistry, ObjectKey};
 use crate::overlay::CalicoKind;
-use crate::routes::RouteCache;
+use crate::routes::{RouteCache, RouteNode};
 use crate::toggle::ToggleState;
 use crate::watch::{Backoff, keep_watching};
 
@@ -137,9 +137,11 @@ impl Cluster {
             Some(t) => watcher::Config::default().timeout(t),
             None => watcher::Config::default(),
         };
+        // Nodes are decoded leniently (RouteNode): one node's odd status
+        // must never fail the list or the watch of all of them.
         tasks.spawn(keep_watching(
             "nodes",
-            Api::<Node>::all(client.clone()),
+            Api::<RouteNode>::all(client.clone()),
             config(),
             self.routes.clone(),
             b,
