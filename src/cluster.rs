@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use crate::held::{HeldRegistry, ObjectKey};
 use crate::last_seen::{self, LastSeen};
 use crate::overlay::CalicoKind;
-use crate::routes::RouteCache;
+use crate::routes::{RouteCache, RouteNode};
 use crate::toggle::ToggleState;
 use crate::watch::{Backoff, Tee, keep_watching};
 
@@ -155,9 +155,11 @@ impl Cluster {
             Some(t) => watcher::Config::default().timeout(t),
             None => watcher::Config::default(),
         };
+        // Nodes are decoded leniently (RouteNode): one node's odd status
+        // must never fail the list or the watch of all of them.
         tasks.spawn(keep_watching(
             "nodes",
-            Api::<Node>::all(client.clone()),
+            Api::<RouteNode>::all(client.clone()),
             config(),
             self.routes.clone(),
             b,

@@ -23,7 +23,10 @@ impl Gate {
 }
 
 /// Routes alone: open only when the cache is synced and every node has had
-/// its route for at least `settle`. Unknown is closed.
+/// its route for at least `settle`. Unknown is closed. Saturating: any
+/// timestamps (jiff's MIN and MAX included, `since` after `now`) and any
+/// settle time give an answer, never a panic; `since` after `now` waits for
+/// `since` plus `settle`.
 pub fn routes_gate(routes: &Snapshot, settle: Duration, now: Timestamp) -> Gate {
     if !routes.synced {
         return Gate::Closed("node route state unknown (node watch not synced)".into());
@@ -32,26 +35,30 @@ pub fn routes_gate(routes: &Snapshot, settle: Duration, now: Timestamp) -> Gate 
         return Gate::Closed(describe_blockers(routes));
     };
     let settle = SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX);
+    // No overflow: any two timestamps are less than 2^40 seconds apart.
     let elapsed = now.duration_since(since);
-    if elapsed >= settle {
+    let left = settle.saturating_sub(elapsed);
+    if left <= SignedDuration::ZERO {
         Gate::Open
     } else {
-        let left = settle - elapsed.max(SignedDuration::ZERO);
         Gate::Closed(format!(
             "all {} node{} have routes, settling for {}s more",
             routes.total,
             if routes.total == 1 { "" } else { "s" },
-            left.as_secs() + i64::from(left.subsec_nanos() > 0)
+            left.as_secs()
+                .saturating_add(i64::from(left.subsec_nanos() > 0))
         ))
     }
 }
 
-/// When `routes_gate` closed by settle time only, how long until it opens.
+/// When `routes_gate` closed by settle time only, how long until it opens
+/// (zero when it is open). Saturating like `routes_gate`, and in step with
+/// it: zero exactly when it is open.
 pub fn opens_in(routes: &Snapshot, settle: Duration, now: Timestamp) -> Option<Duration> {
     let since = routes.all_routed_since.filter(|_| routes.synced)?;
-    let settle = SignedDuration::try_from(settle).ok()?;
-    let left = settle - now.duration_since(since);
-    Some(Duration::try_from(left.max(SignedDuration::ZERO)).unwrap_or_default())
+    let settle = SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX);
+    let left = settle.saturating_sub(now.duration_since(since));
+    Some(Duration::try_from(left.max(SignedDuration::ZERO)).unwrap_or(Duration::MAX))
 }
 
 /// What the webhook knows about one update of a Calico object.

@@ -1,23 +1,33 @@
 //! The node-route cache: which nodes have their cloud route, at every moment.
 //!
 //! Fed by a kube-rs watch on Nodes (see [`crate::watch`]), never by polling.
-//! It keeps a compact entry per node (not the Node object) and aggregate
+//! The watch decodes a [`RouteNode`], our own lenient view of a Node, so that
+//! no value on one node can fail the list or the watch of all of them. The
+//! cache keeps a compact entry per node (not the Node object) and aggregate
 //! counts, so that every question the gate asks is answered in O(1) (the
 //! names of blocking nodes in O(k) for the k names asked for).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::marker::PhantomData;
 use std::sync::RwLock;
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt as _;
-use serde::Serialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 /// The condition type cloud route controllers set.
 pub const CONDITION: &str = "NetworkUnavailable";
 /// The reason of a created route (Kubernetes' route controller and
 /// Gardener's aws-custom-route-controller).
 pub const DEFAULT_REASON: &str = "RouteCreated";
+
+/// How much of a value read from a node a blocker keeps (and shows).
+const MAX_TEXT: usize = 100;
 
 /// Why a node blocks the switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,71 +40,508 @@ pub enum Blocker {
     NoRouteCreated,
     /// Any other status/reason pair.
     Other { status: String, reason: String },
+    /// The node has `count` `NetworkUnavailable` conditions and this one
+    /// (the first that does not say the route exists) blocks.
+    OneOfSeveral {
+        count: usize,
+        status: String,
+        reason: String,
+    },
+    /// Every `NetworkUnavailable` condition says the route exists, but this
+    /// `lastTransitionTime` cannot be read as a time (out of range, or not
+    /// a time at all): when the route appeared is unknown.
+    UnreadableTime { time: String },
+    /// Part of the node's status cannot be read at all.
+    Unreadable { what: String },
 }
 
-impl std::fmt::Display for Blocker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+fn status_reason(f: &mut fmt::Formatter<'_>, status: &str, reason: &str) -> fmt::Result {
+    if status == "True" && reason == "NoRouteCreated" {
+        return write!(f, "NoRouteCreated");
+    }
+    let reason = if reason.is_empty() {
+        "no reason"
+    } else {
+        reason
+    };
+    if status.is_empty() {
+        write!(f, "{CONDITION} with no status ({reason})")
+    } else {
+        write!(f, "{CONDITION}={status} ({reason})")
+    }
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Blocker::NoCondition => write!(f, "no {CONDITION} condition"),
             Blocker::NoRouteCreated => write!(f, "NoRouteCreated"),
-            Blocker::Other { status, reason } => {
-                let reason = if reason.is_empty() {
-                    "no reason"
-                } else {
-                    reason
-                };
-                write!(f, "{CONDITION}={status} ({reason})")
+            Blocker::Other { status, reason } => status_reason(f, status, reason),
+            Blocker::OneOfSeveral {
+                count,
+                status,
+                reason,
+            } => {
+                status_reason(f, status, reason)?;
+                write!(f, " in one of its {count} {CONDITION} conditions")
             }
+            Blocker::UnreadableTime { time } => {
+                write!(f, "{CONDITION} lastTransitionTime {time:?} is unreadable")
+            }
+            Blocker::Unreadable { what } => write!(f, "{what} is unreadable"),
         }
     }
+}
+
+/// At most [`MAX_TEXT`] characters of a value read from a node: a blocker
+/// is kept per node, and a hostile value must not make it large.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_TEXT) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}…", &s[..end]),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading a Node leniently.
+
+/// A Node as the route cache reads it; the node watch decodes this instead
+/// of k8s-openapi's `Node`.
+///
+/// Decoding never fails because of what one node holds. Only what the cache
+/// needs is read: the name, resourceVersion and uid, whether a deletion
+/// timestamp is present, and the `NetworkUnavailable` conditions' status,
+/// reason and `lastTransitionTime`, each from any JSON value (a time stays
+/// the string it was sent as; it is parsed later, and an unreadable one
+/// makes the node a blocker). Every other field is skipped unread. So a
+/// time the API server accepts but jiff's `Timestamp` cannot hold
+/// (`9999-12-31T23:59:59Z`), in a condition or anywhere else
+/// (`creationTimestamp`, `managedFields[].time`, other conditions), cannot
+/// fail the list or the watch of all nodes. The object is transient: the
+/// cache keeps a [`NodeRoute`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteNode {
+    /// Only `name`, `resourceVersion` and `uid`. `kube::Resource` needs an
+    /// `ObjectMeta` (the watch reads the resourceVersion from it), but none
+    /// of its timestamps is decoded: some are written by clients
+    /// (`managedFields[].time`), and the cache needs none of their values.
+    pub metadata: ObjectMeta,
+    /// `metadata.deletionTimestamp` is present (its value is not read).
+    pub deleting: bool,
+    /// The node's `NetworkUnavailable` conditions, in their order.
+    pub conditions: Vec<RouteCondition>,
+    /// What of the node's status could not be read (then it blocks).
+    pub unreadable: Option<String>,
+}
+
+/// One `NetworkUnavailable` condition, as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteCondition {
+    pub status: String,
+    pub reason: Option<String>,
+    pub last_transition_time: Option<String>,
+}
+
+impl kube::Resource for RouteNode {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <Node as k8s_openapi::Resource>::KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        <Node as k8s_openapi::Resource>::GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        <Node as k8s_openapi::Resource>::VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        <Node as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A typed Node (tests, benches, callers that already have one) in the
+/// cache's view. Its times are in jiff's range, or it would not exist.
+impl From<&Node> for RouteNode {
+    fn from(node: &Node) -> Self {
+        let conditions = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| c.type_ == CONDITION)
+            .map(|c| RouteCondition {
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                last_transition_time: c.last_transition_time.as_ref().map(|t| t.0.to_string()),
+            })
+            .collect();
+        RouteNode {
+            metadata: ObjectMeta {
+                name: node.metadata.name.clone(),
+                resource_version: node.metadata.resource_version.clone(),
+                uid: node.metadata.uid.clone(),
+                ..Default::default()
+            },
+            deleting: node.metadata.deletion_timestamp.is_some(),
+            conditions,
+            unreadable: None,
+        }
+    }
+}
+
+impl From<Node> for RouteNode {
+    fn from(node: Node) -> Self {
+        RouteNode::from(&node)
+    }
+}
+
+/// A field read from any JSON value.
+#[derive(Debug, Default)]
+enum Field<T> {
+    #[default]
+    Absent,
+    /// Present, but not the JSON type expected (named here).
+    Odd(&'static str),
+    Value(T),
+}
+
+/// The leaves: a string as is, null as `None`, any other value as its JSON
+/// text (which never matches what the cache looks for, so it blocks).
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Some("[...]".into()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Some("{...}".into()))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// What a non-object, non-list JSON value is, for a message.
+macro_rules! odd_scalars {
+    ($t:ty) => {
+        fn visit_unit<E: de::Error>(self) -> Result<$t, E> {
+            Ok(Field::Absent)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<$t, E> {
+            Ok(Field::Absent)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$t, E> {
+            Ok(Field::Odd("a boolean"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$t, E> {
+            Ok(Field::Odd("a number"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$t, E> {
+            Ok(Field::Odd("a number"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$t, E> {
+            Ok(Field::Odd("a number"))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<$t, E> {
+            Ok(Field::Odd("a string"))
+        }
+    };
+}
+
+/// An object decoded as `T` (whose fields are lenient themselves); any
+/// other JSON value is skipped and marked odd.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Field<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            odd_scalars!(Field<T>);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<T>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Odd("a list"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Field::Value)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// A list of `T`; any other JSON value is skipped and marked odd.
+fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Field<Vec<T>>, D::Error> {
+    struct V<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Field<Vec<T>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        odd_scalars!(Field<Vec<T>>);
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(Field::Value(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Field::Odd("an object"))
+        }
+    }
+    d.deserialize_any(V(PhantomData))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct WireNode {
+    metadata: Field<WireMeta>,
+    status: Field<WireStatus>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct WireMeta {
+    #[serde(deserialize_with = "text")]
+    name: Option<String>,
+    #[serde(deserialize_with = "text")]
+    resource_version: Option<String>,
+    #[serde(deserialize_with = "text")]
+    uid: Option<String>,
+    #[serde(deserialize_with = "text")]
+    deletion_timestamp: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct WireStatus {
+    #[serde(deserialize_with = "list")]
+    conditions: Field<Vec<Field<WireCondition>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct WireCondition {
+    #[serde(rename = "type", deserialize_with = "text")]
+    type_: Option<String>,
+    #[serde(deserialize_with = "text")]
+    status: Option<String>,
+    #[serde(deserialize_with = "text")]
+    reason: Option<String>,
+    #[serde(deserialize_with = "text")]
+    last_transition_time: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RouteNode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut node = RouteNode::default();
+        let wire = match Field::<WireNode>::deserialize(d)? {
+            Field::Value(w) => w,
+            Field::Absent => WireNode::default(),
+            Field::Odd(kind) => {
+                node.unreadable = Some(format!("the object ({kind})"));
+                return Ok(node);
+            }
+        };
+        match wire.metadata {
+            Field::Value(m) => {
+                node.metadata.name = m.name;
+                node.metadata.resource_version = m.resource_version;
+                node.metadata.uid = m.uid;
+                node.deleting = m.deletion_timestamp.is_some();
+            }
+            Field::Absent => {}
+            Field::Odd(kind) => node.unreadable = Some(format!("metadata ({kind})")),
+        }
+        let conditions = match wire.status {
+            Field::Absent => Vec::new(),
+            Field::Odd(kind) => {
+                node.unreadable.get_or_insert(format!("status ({kind})"));
+                Vec::new()
+            }
+            Field::Value(s) => match s.conditions {
+                Field::Absent => Vec::new(),
+                Field::Odd(kind) => {
+                    node.unreadable
+                        .get_or_insert(format!("status.conditions ({kind})"));
+                    Vec::new()
+                }
+                Field::Value(list) => list,
+            },
+        };
+        for (i, c) in conditions.into_iter().enumerate() {
+            match c {
+                Field::Value(c) if c.type_.as_deref() == Some(CONDITION) => {
+                    node.conditions.push(RouteCondition {
+                        status: c.status.unwrap_or_default(),
+                        reason: c.reason,
+                        last_transition_time: c.last_transition_time,
+                    });
+                }
+                Field::Value(_) | Field::Absent => {}
+                // Could be a NetworkUnavailable condition: it blocks.
+                Field::Odd(kind) => {
+                    node.unreadable
+                        .get_or_insert(format!("status.conditions[{i}] ({kind})"));
+                }
+            }
+        }
+        Ok(node)
+    }
+}
+
+impl RouteNode {
+    /// What this node says about its route, before our clock has a say:
+    /// `Ok(the latest transition time given, if any)` only when it has a
+    /// `NetworkUnavailable` condition and every one it has is `False` with
+    /// `required_reason` and a readable (or no) transition time. Otherwise
+    /// the first condition that blocks, by name.
+    pub fn route(&self, required_reason: &str) -> Result<Option<Timestamp>, Blocker> {
+        if let Some(what) = &self.unreadable {
+            return Err(Blocker::Unreadable { what: clip(what) });
+        }
+        let count = self.conditions.len();
+        if count == 0 {
+            return Err(Blocker::NoCondition);
+        }
+        let says_routed = |c: &RouteCondition| {
+            c.status == "False" && c.reason.as_deref() == Some(required_reason)
+        };
+        if let Some(c) = self.conditions.iter().find(|c| !says_routed(c)) {
+            let (status, reason) = (clip(&c.status), clip(c.reason.as_deref().unwrap_or("")));
+            return Err(if count > 1 {
+                Blocker::OneOfSeveral {
+                    count,
+                    status,
+                    reason,
+                }
+            } else if status == "True" && reason == "NoRouteCreated" {
+                Blocker::NoRouteCreated
+            } else {
+                Blocker::Other { status, reason }
+            });
+        }
+        let mut latest = None;
+        for raw in self
+            .conditions
+            .iter()
+            .filter_map(|c| c.last_transition_time.as_deref())
+        {
+            match raw.parse::<Timestamp>() {
+                Ok(t) => latest = latest.max(Some(t)),
+                Err(_) => return Err(Blocker::UnreadableTime { time: clip(raw) }),
+            }
+        }
+        Ok(latest)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cache.
+
+/// A route as the cache counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Since when the route counts. Never later than when this process
+    /// first saw it (a transition time ahead of our clock is cut to our
+    /// observation), and a route seen appearing counts from that moment
+    /// (a transition time behind it cannot shorten the settle time).
+    pub since: Timestamp,
+    /// The latest `lastTransitionTime` the node gave for it: the same time
+    /// in a later event means the same route (its `since` stands); another
+    /// means a transition that was not seen as its own event.
+    pub reported: Option<Timestamp>,
 }
 
 /// What the cache keeps of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRoute {
-    /// `Ok(since)` when the route exists; `Err(why)` when it does not.
-    pub route: Result<Timestamp, Blocker>,
+    /// `Ok(route)` when the route exists; `Err(why)` when it does not.
+    pub route: Result<Route, Blocker>,
     /// The node has a deletion timestamp (it still counts until it is gone).
     pub deleting: bool,
 }
 
-impl NodeRoute {
-    /// Reads the compact state from a Node. `observed` is when this process
-    /// saw it: a route that appears while we watch counts from the later of
-    /// the condition's transition time and our observation, so a controller
-    /// clock behind ours can never shorten the settle time.
-    pub fn from_node(node: &Node, required_reason: &str, observed: Option<Timestamp>) -> Self {
-        let condition = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == CONDITION));
-        let route = match condition {
-            None => Err(Blocker::NoCondition),
-            Some(c) if c.status == "False" && c.reason.as_deref() == Some(required_reason) => {
-                let since = c
-                    .last_transition_time
-                    .as_ref()
-                    .map(|t| t.0)
-                    .or(observed)
-                    .unwrap_or_else(Timestamp::now);
-                Ok(match observed {
-                    Some(o) if o > since => o,
-                    _ => since,
-                })
+/// One node's word on its route, before our clock is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reading {
+    route: Result<Option<Timestamp>, Blocker>,
+    deleting: bool,
+}
+
+impl Reading {
+    /// The entry, given what the cache had for the node (`prev`), whether
+    /// this is the first list (only then does a route count from the node's
+    /// own transition time) and our clock `now`. Plain comparisons: no time
+    /// arithmetic, so no timestamp can overflow.
+    fn resolve(self, prev: Option<&NodeRoute>, first_list: bool, now: Timestamp) -> NodeRoute {
+        let prev = prev.and_then(|p| p.route.as_ref().ok());
+        let route = self.route.map(|reported| {
+            // The node's word, never later than now (nor than a missing time).
+            let given = reported.unwrap_or(now).min(now);
+            let since = match prev {
+                // The route counted before, with the same transition: unchanged.
+                Some(p) if p.reported == reported => p.since,
+                // It flapped between two events (or while the watch was
+                // broken): counts from the new transition, bounded by now.
+                Some(p) => p.since.max(given),
+                // The first list: the node's own transition time.
+                None if first_list => given,
+                // Seen appearing, live or in a re-list after a broken
+                // watch: from now (a controller clock behind ours cannot
+                // shorten the settle, one ahead cannot lengthen it).
+                None => now,
+            };
+            Route {
+                since: since.min(now),
+                reported,
             }
-            Some(c) if c.status == "True" && c.reason.as_deref() == Some("NoRouteCreated") => {
-                Err(Blocker::NoRouteCreated)
-            }
-            Some(c) => Err(Blocker::Other {
-                status: c.status.clone(),
-                reason: c.reason.clone().unwrap_or_default(),
-            }),
-        };
-        Self {
+        });
+        NodeRoute {
             route,
-            deleting: node.metadata.deletion_timestamp.is_some(),
+            deleting: self.deleting,
         }
     }
 }
@@ -127,7 +574,7 @@ struct Inner {
     nodes: HashMap<String, NodeRoute>,
     blockers: BTreeMap<String, Blocker>,
     all_routed_since: Option<Timestamp>,
-    relist: Option<HashMap<String, NodeRoute>>,
+    relist: Option<HashMap<String, Reading>>,
     /// A list has completed before (this is a re-list after a broken watch).
     listed_before: bool,
     /// Bumped on every change, for waiters.
@@ -152,9 +599,8 @@ impl Inner {
         } else {
             self.nodes
                 .values()
-                .filter_map(|r| r.route.as_ref().ok())
+                .filter_map(|r| r.route.as_ref().ok().map(|r| r.since))
                 .max()
-                .copied()
         };
     }
 
@@ -259,12 +705,46 @@ impl RouteCache {
         }
     }
 
-    fn entry(&self, node: &Node, observed: Option<Timestamp>) -> NodeRoute {
-        NodeRoute::from_node(node, &self.required_reason, observed)
+    fn read(&self, node: &RouteNode) -> Reading {
+        Reading {
+            route: node.route(&self.required_reason),
+            deleting: node.deleting,
+        }
+    }
+
+    /// One node of a list in progress. Takes a [`RouteNode`] or a typed
+    /// `Node` (tests and benches hold those); the watch calls it through
+    /// [`crate::watch::Store`].
+    pub fn relist_apply(&self, node: impl Into<RouteNode>) {
+        let node = node.into();
+        let reading = self.read(&node);
+        let mut inner = self.inner.write().expect("route cache lock");
+        inner
+            .relist
+            .get_or_insert_with(HashMap::new)
+            .insert(node.name_any(), reading);
+    }
+
+    /// A node added or changed (like [`Self::relist_apply`], any node type).
+    pub fn apply(&self, node: impl Into<RouteNode>) {
+        let node = node.into();
+        let reading = self.read(&node);
+        let name = node.name_any();
+        let now = Timestamp::now();
+        self.update(|i| {
+            let entry = reading.resolve(i.nodes.get(&name), false, now);
+            i.upsert(name, entry);
+        });
+    }
+
+    /// A node deleted (like [`Self::relist_apply`], any node type).
+    pub fn delete(&self, node: impl Into<RouteNode>) {
+        let name = node.into().name_any();
+        self.update(|i| i.remove(&name));
     }
 }
 
-impl crate::watch::Store<Node> for RouteCache {
+impl crate::watch::Store<RouteNode> for RouteCache {
     fn relist_begin(&self) {
         self.update(|i| {
             i.synced = false;
@@ -272,62 +752,34 @@ impl crate::watch::Store<Node> for RouteCache {
         });
     }
 
-    fn relist_apply(&self, node: Node) {
-        let entry = self.entry(&node, None);
-        let mut inner = self.inner.write().expect("route cache lock");
-        inner
-            .relist
-            .get_or_insert_with(HashMap::new)
-            .insert(node.name_any(), entry);
+    fn relist_apply(&self, node: RouteNode) {
+        RouteCache::relist_apply(self, node);
     }
 
     fn relist_done(&self) {
         self.update(|i| {
             let listed = i.relist.take().unwrap_or_default();
             let now = Timestamp::now();
-            let mut merged = HashMap::with_capacity(listed.len());
-            for (name, mut entry) in listed {
-                if let Ok(new_since) = &mut entry.route {
-                    match i.nodes.get(&name).map(|e| &e.route) {
-                        // Kept its route across the re-list: keeps its "since".
-                        Some(Ok(old_since)) => *new_since = (*old_since).max(*new_since),
-                        // Got its route while the watch was broken: counts from
-                        // now at the earliest, as if seen appearing now (a
-                        // controller clock behind ours cannot shorten the settle).
-                        _ if i.listed_before => *new_since = (*new_since).max(now),
-                        // The first list: the condition's own transition time.
-                        _ => {}
-                    }
-                }
-                merged.insert(name, entry);
-            }
-            i.nodes = merged;
+            let first_list = !i.listed_before;
+            i.nodes = listed
+                .into_iter()
+                .map(|(name, reading)| {
+                    let entry = reading.resolve(i.nodes.get(&name), first_list, now);
+                    (name, entry)
+                })
+                .collect();
             i.listed_before = true;
             i.rebuild();
             i.synced = true;
         });
     }
 
-    fn apply(&self, node: Node) {
-        let name = node.name_any();
-        let previous_ok = self
-            .inner
-            .read()
-            .expect("route cache lock")
-            .nodes
-            .get(&name)
-            .and_then(|e| e.route.as_ref().ok().copied());
-        // A route seen appearing now counts from now at the earliest; a
-        // route that was already there keeps its time (or a later transition
-        // time, if it flapped between two events).
-        let observed = previous_ok.unwrap_or_else(Timestamp::now);
-        let entry = self.entry(&node, Some(observed));
-        self.update(|i| i.upsert(name, entry));
+    fn apply(&self, node: RouteNode) {
+        RouteCache::apply(self, node);
     }
 
-    fn delete(&self, node: Node) {
-        let name = node.name_any();
-        self.update(|i| i.remove(&name));
+    fn delete(&self, node: RouteNode) {
+        RouteCache::delete(self, node);
     }
 
     fn lost(&self) {
@@ -567,6 +1019,693 @@ mod tests {
             "settle counts from the re-list"
         );
         // a kept its route: its time is unchanged.
-        assert_eq!(c.nodes()[0].1.route, Ok(Timestamp::from_second(1).unwrap()));
+        assert_eq!(
+            c.nodes()[0].1.route.as_ref().map(|r| r.since),
+            Ok(Timestamp::from_second(1).unwrap())
+        );
+    }
+
+    // --- Hostile node status (review item 7) -------------------------------
+
+    use serde_json::{Value, json};
+
+    /// A NetworkUnavailable condition as JSON; `time: None` leaves it out.
+    fn nu(status: &str, reason: Option<&str>, time: Option<&str>) -> Value {
+        let mut c = json!({"type": CONDITION, "status": status, "message": "m",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z"});
+        if let Some(r) = reason {
+            c["reason"] = json!(r);
+        }
+        if let Some(t) = time {
+            c["lastTransitionTime"] = json!(t);
+        }
+        c
+    }
+
+    fn routed_at(time: &str) -> Value {
+        nu("False", Some("RouteCreated"), Some(time))
+    }
+
+    fn rnode(name: &str, conditions: Vec<Value>) -> RouteNode {
+        serde_json::from_value(json!({"metadata": {"name": name, "resourceVersion": "1"},
+            "status": {"conditions": conditions}}))
+        .unwrap()
+    }
+
+    fn route_of(conditions: Vec<Value>) -> Result<Option<Timestamp>, Blocker> {
+        rnode("a", conditions).route(DEFAULT_REASON)
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn since(c: &RouteCache, name: &str) -> Timestamp {
+        let nodes = c.nodes();
+        let (_, r) = nodes.iter().find(|(n, _)| n == name).unwrap();
+        r.route.as_ref().unwrap().since
+    }
+
+    /// A Node as kube-apiserver returns it, with `bad` as the transition
+    /// time of its NetworkUnavailable condition and in places the cache
+    /// never reads (managedFields, another condition).
+    fn whole_node(bad: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-x", "uid": "u-1", "resourceVersion": "42",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"kubernetes.io/hostname": "node-x"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "apiVersion": "v1",
+                    "time": bad, "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}, "subresource": "status"}]},
+            "spec": {"podCIDR": "100.96.1.0/24", "providerID": "aws:///eu-west-1a/i-1"},
+            "status": {
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                     "lastHeartbeatTime": bad, "lastTransitionTime": bad},
+                    {"type": "NetworkUnavailable", "status": "False", "reason": "RouteCreated",
+                     "message": "route created", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                     "lastTransitionTime": bad}
+                ],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "images": [{"names": ["registry/calico/node:v3.29"], "sizeBytes": 123}],
+                "nodeInfo": {"kubeletVersion": "v1.34.4"}
+            }
+        })
+    }
+
+    #[test]
+    fn a_whole_node_with_a_time_out_of_jiffs_range_decodes_and_blocks_by_name() {
+        let bad = "9999-12-31T23:59:59Z";
+        // The root cause: the typed Node cannot hold it, so a typed list of
+        // all nodes failed on this one.
+        assert!(serde_json::from_value::<Node>(whole_node(bad)).is_err());
+        let n: RouteNode = serde_json::from_value(whole_node(bad)).unwrap();
+        assert_eq!(n.name_any(), "node-x");
+        assert_eq!(n.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(n.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(n.conditions.len(), 1, "only NetworkUnavailable is kept");
+        let why = n.route(DEFAULT_REASON).unwrap_err();
+        assert_eq!(
+            why,
+            Blocker::UnreadableTime {
+                time: bad.to_string()
+            }
+        );
+        assert_eq!(
+            why.to_string(),
+            r#"NetworkUnavailable lastTransitionTime "9999-12-31T23:59:59Z" is unreadable"#
+        );
+        // The same node with a good time has its route.
+        let good: RouteNode = serde_json::from_value(whole_node("2026-01-01T00:00:00Z")).unwrap();
+        assert_eq!(
+            good.route(DEFAULT_REASON),
+            Ok(Some(ts("2026-01-01T00:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn a_list_and_a_watch_event_with_one_hostile_node_decode_whole() {
+        let list = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "7"},
+            "items": [whole_node("9999-12-31T23:59:59Z"), whole_node("2026-01-01T00:00:00Z")]});
+        assert!(serde_json::from_value::<kube::core::ObjectList<Node>>(list.clone()).is_err());
+        let l: kube::core::ObjectList<RouteNode> = serde_json::from_value(list).unwrap();
+        assert_eq!(l.items.len(), 2);
+        let ev = json!({"type": "MODIFIED", "object": whole_node("9999-12-31T23:59:59Z")});
+        let ev: kube::core::WatchEvent<RouteNode> = serde_json::from_value(ev).unwrap();
+        assert!(matches!(ev, kube::core::WatchEvent::Modified(n) if n.name_any() == "node-x"));
+    }
+
+    #[test]
+    fn the_cache_names_the_node_with_an_unreadable_time_and_counts_the_others() {
+        let c = RouteCache::new(DEFAULT_REASON);
+        c.relist_begin();
+        c.relist_apply(rnode("a", vec![routed_at("2026-01-01T00:00:00Z")]));
+        c.relist_apply(rnode("b", vec![routed_at("9999-12-31T23:59:59Z")]));
+        c.relist_done();
+        let s = c.snapshot(3);
+        assert!(
+            s.synced,
+            "one node's odd time never makes the state unknown"
+        );
+        assert_eq!((s.total, s.with_route), (2, 1));
+        assert_eq!(
+            describe_blockers(&s),
+            r#"1 of 2 nodes has no route yet (b: NetworkUnavailable lastTransitionTime "9999-12-31T23:59:59Z" is unreadable)"#
+        );
+        // Fixed: it counts, from when we saw it.
+        let before = Timestamp::now();
+        c.apply(rnode("b", vec![routed_at("2026-01-01T00:00:00Z")]));
+        let s = c.snapshot(3);
+        assert_eq!(s.with_route, 2);
+        assert!(s.all_routed_since.unwrap() >= before);
+    }
+
+    #[test]
+    fn unreadable_transition_times_block() {
+        for bad in [
+            "9999-12-31T23:59:59Z",
+            "-009999-01-01T00:00:00Z",
+            "yesterday",
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01 00:00:00",
+        ] {
+            assert_eq!(
+                route_of(vec![routed_at(bad)]),
+                Err(Blocker::UnreadableTime { time: bad.into() }),
+                "{bad:?}"
+            );
+        }
+        // Not even a string.
+        let mut c = routed_at("x");
+        c["lastTransitionTime"] = json!(12345);
+        assert_eq!(
+            route_of(vec![c]),
+            Err(Blocker::UnreadableTime {
+                time: "12345".into()
+            })
+        );
+        // A long hostile value is kept short.
+        let long = "9".repeat(10_000);
+        match route_of(vec![routed_at(&long)]) {
+            Err(Blocker::UnreadableTime { time }) => assert!(time.chars().count() <= MAX_TEXT + 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transition_time_far_in_the_future_counts_from_our_observation() {
+        // In jiff's range, but nearly at its end: since must not be that
+        // (adding the settle time to it overflowed and crashed the server).
+        for time in ["9999-12-30T21:59:59Z", "9999-12-30T22:00:00Z"] {
+            assert_eq!(route_of(vec![routed_at(time)]), Ok(Some(ts(time))));
+            let c = RouteCache::new(DEFAULT_REASON);
+            let before = Timestamp::now();
+            listed(&c, vec![]);
+            c.relist_begin();
+            c.relist_apply(rnode("a", vec![routed_at(time)]));
+            c.relist_done();
+            let after = Timestamp::now();
+            let s = c.snapshot(1).all_routed_since.unwrap();
+            assert!(before <= s && s <= after, "{time}: since {s}");
+            // And so the gate opens at settle after that.
+            assert!(
+                crate::gate::routes_gate(
+                    &c.snapshot(1),
+                    std::time::Duration::from_secs(10),
+                    after + std::time::Duration::from_secs(10)
+                )
+                .is_open()
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_list_counts_from_the_transition_time_but_never_from_the_future() {
+        let c = RouteCache::new(DEFAULT_REASON);
+        let in_an_hour = Timestamp::now() + std::time::Duration::from_secs(3600);
+        c.relist_begin();
+        c.relist_apply(rnode("past", vec![routed_at("2026-01-01T00:00:00Z")]));
+        c.relist_apply(rnode("future", vec![routed_at(&in_an_hour.to_string())]));
+        c.relist_done();
+        let now = Timestamp::now();
+        assert_eq!(since(&c, "past"), ts("2026-01-01T00:00:00Z"));
+        assert!(since(&c, "future") <= now);
+        assert!(c.snapshot(1).all_routed_since.unwrap() <= now);
+    }
+
+    #[test]
+    fn a_missing_transition_time_counts_from_now() {
+        assert_eq!(
+            route_of(vec![nu("False", Some("RouteCreated"), None)]),
+            Ok(None)
+        );
+        let c = RouteCache::new(DEFAULT_REASON);
+        let before = Timestamp::now();
+        c.relist_begin();
+        c.relist_apply(rnode("a", vec![nu("False", Some("RouteCreated"), None)]));
+        c.relist_done();
+        let s = since(&c, "a");
+        assert!(before <= s && s <= Timestamp::now());
+    }
+
+    #[test]
+    fn a_missing_reason_or_status_blocks() {
+        let b = route_of(vec![nu("False", None, Some("2026-01-01T00:00:00Z"))]).unwrap_err();
+        assert_eq!(
+            b,
+            Blocker::Other {
+                status: "False".into(),
+                reason: String::new()
+            }
+        );
+        assert_eq!(b.to_string(), "NetworkUnavailable=False (no reason)");
+        let mut c = routed_at("2026-01-01T00:00:00Z");
+        c.as_object_mut().unwrap().remove("status");
+        let b = route_of(vec![c]).unwrap_err();
+        assert_eq!(
+            b.to_string(),
+            "NetworkUnavailable with no status (RouteCreated)"
+        );
+    }
+
+    #[test]
+    fn a_reason_other_than_the_route_controllers_blocks() {
+        assert_eq!(
+            route_of(vec![nu(
+                "False",
+                Some("CalicoIsUp"),
+                Some("2026-01-01T00:00:00Z")
+            )]),
+            Err(Blocker::Other {
+                status: "False".into(),
+                reason: "CalicoIsUp".into()
+            })
+        );
+        assert_eq!(
+            route_of(vec![nu(
+                "Unknown",
+                Some("RouteCreated"),
+                Some("2026-01-01T00:00:00Z")
+            )]),
+            Err(Blocker::Other {
+                status: "Unknown".into(),
+                reason: "RouteCreated".into()
+            })
+        );
+    }
+
+    #[test]
+    fn duplicate_conditions_block_whichever_comes_first() {
+        let ok = routed_at("2026-01-01T00:00:00Z");
+        let no = nu("True", Some("NoRouteCreated"), Some("2026-01-02T00:00:00Z"));
+        let blocker = Blocker::OneOfSeveral {
+            count: 2,
+            status: "True".into(),
+            reason: "NoRouteCreated".into(),
+        };
+        let want = Err(blocker.clone());
+        assert_eq!(route_of(vec![ok.clone(), no.clone()]), want, "True second");
+        assert_eq!(route_of(vec![no, ok.clone()]), want, "True first");
+        assert_eq!(
+            blocker.to_string(),
+            "NoRouteCreated in one of its 2 NetworkUnavailable conditions"
+        );
+        // Another reason in a second condition blocks too, by name.
+        let other = nu("False", Some("CalicoIsUp"), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(
+            route_of(vec![ok.clone(), other]).unwrap_err().to_string(),
+            "NetworkUnavailable=False (CalicoIsUp) in one of its 2 NetworkUnavailable conditions"
+        );
+        // So does a second route condition whose time is unreadable.
+        assert_eq!(
+            route_of(vec![ok.clone(), routed_at("9999-12-31T23:59:59Z")]),
+            Err(Blocker::UnreadableTime {
+                time: "9999-12-31T23:59:59Z".into()
+            })
+        );
+        // Every one says the route exists: it does, since the latest.
+        assert_eq!(
+            route_of(vec![ok.clone(), routed_at("2026-02-01T00:00:00Z"), ok]),
+            Ok(Some(ts("2026-02-01T00:00:00Z")))
+        );
+        // Other condition types do not matter.
+        let ready = json!({"type": "Ready", "status": "False", "reason": "KubeletNotReady"});
+        assert_eq!(
+            route_of(vec![ready, routed_at("2026-01-01T00:00:00Z")]),
+            Ok(Some(ts("2026-01-01T00:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn a_node_without_status_or_conditions_blocks() {
+        for v in [
+            json!({"metadata": {"name": "a"}}),
+            json!({"metadata": {"name": "a"}, "status": null}),
+            json!({"metadata": {"name": "a"}, "status": {}}),
+            json!({"metadata": {"name": "a"}, "status": {"conditions": null}}),
+            json!({"metadata": {"name": "a"}, "status": {"conditions": []}}),
+        ] {
+            let n: RouteNode = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(n.route(DEFAULT_REASON), Err(Blocker::NoCondition), "{v}");
+        }
+    }
+
+    #[test]
+    fn odd_json_never_fails_the_decode_and_blocks() {
+        for (v, why) in [
+            (json!({"status": "x"}), "status (a string) is unreadable"),
+            (
+                json!({"status": {"conditions": {"type": CONDITION}}}),
+                "status.conditions (an object) is unreadable",
+            ),
+            (
+                json!({"status": {"conditions": [routed_at("2026-01-01T00:00:00Z"), 5]}}),
+                "status.conditions[1] (a number) is unreadable",
+            ),
+            (json!({"metadata": [1]}), "metadata (a list) is unreadable"),
+            (json!("a node"), "the object (a string) is unreadable"),
+            (
+                json!({"status": {"conditions": [{"type": CONDITION, "status": false, "reason": "RouteCreated"}]}}),
+                "NetworkUnavailable=false (RouteCreated)",
+            ),
+        ] {
+            let n: RouteNode = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(n.route(DEFAULT_REASON).unwrap_err().to_string(), why, "{v}");
+        }
+        // A deletion timestamp jiff cannot hold still means "deleting".
+        let n: RouteNode = serde_json::from_value(json!({"metadata": {"name": "a",
+            "deletionTimestamp": "9999-12-31T23:59:59Z"}}))
+        .unwrap();
+        assert!(n.deleting);
+    }
+
+    #[test]
+    fn a_relist_with_a_future_time_does_not_delay_the_gate() {
+        let c = RouteCache::new(DEFAULT_REASON);
+        let future = (Timestamp::now() + std::time::Duration::from_secs(3600)).to_string();
+        c.relist_begin();
+        c.relist_apply(rnode("a", vec![routed_at(&future)]));
+        c.relist_done();
+        let first = since(&c, "a");
+        assert!(first <= Timestamp::now());
+        // The watch breaks and lists again: the same route keeps its since.
+        c.lost();
+        listed_raw(&c, vec![rnode("a", vec![routed_at(&future)])]);
+        assert_eq!(since(&c, "a"), first);
+        // A node that got its route while we were blind, with a time an
+        // hour ahead: counts from the re-list, not from that hour.
+        c.lost();
+        let before = Timestamp::now();
+        listed_raw(
+            &c,
+            vec![
+                rnode("a", vec![routed_at(&future)]),
+                rnode("b", vec![routed_at(&future)]),
+            ],
+        );
+        let after = Timestamp::now();
+        let s = c.snapshot(1).all_routed_since.unwrap();
+        assert!(before <= s && s <= after);
+        // A new transition time (a flap while blind), also ahead: from the re-list.
+        c.lost();
+        let later = (Timestamp::now() + std::time::Duration::from_secs(7200)).to_string();
+        let before = Timestamp::now();
+        listed_raw(
+            &c,
+            vec![
+                rnode("a", vec![routed_at(&later)]),
+                rnode("b", vec![routed_at(&future)]),
+            ],
+        );
+        let s = since(&c, "a");
+        assert!(before <= s && s <= Timestamp::now());
+    }
+
+    #[test]
+    fn live_updates_with_a_future_time_do_not_delay_the_gate() {
+        let c = RouteCache::new(DEFAULT_REASON);
+        listed(
+            &c,
+            vec![
+                node("a", Some(("False", "RouteCreated", 1))),
+                node("b", None),
+            ],
+        );
+        let future = (Timestamp::now() + std::time::Duration::from_secs(3600)).to_string();
+        let before = Timestamp::now();
+        c.apply(rnode("b", vec![routed_at(&future)]));
+        let after = Timestamp::now();
+        let seen = c.snapshot(1).all_routed_since.unwrap();
+        assert!(before <= seen && seen <= after, "since {seen}");
+        // Heartbeats with the same condition keep it.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        c.apply(rnode("b", vec![routed_at(&future)]));
+        assert_eq!(c.snapshot(1).all_routed_since, Some(seen));
+        // The settle time runs from our observation.
+        let settle = std::time::Duration::from_secs(10);
+        assert!(crate::gate::routes_gate(&c.snapshot(1), settle, after + settle).is_open());
+        // A changed transition time, ahead of us too: never later than now.
+        let later = (Timestamp::now() + std::time::Duration::from_secs(7200)).to_string();
+        c.apply(rnode("b", vec![routed_at(&later)]));
+        assert!(c.snapshot(1).all_routed_since.unwrap() <= Timestamp::now());
+        // A changed transition time in the past but after our since: a flap
+        // we did not see as events, it counts from then.
+        let c = RouteCache::new(DEFAULT_REASON);
+        listed(&c, vec![node("a", Some(("False", "RouteCreated", 1)))]);
+        c.apply(node("a", Some(("False", "RouteCreated", 1000))));
+        assert_eq!(since(&c, "a"), Timestamp::from_second(1000).unwrap());
+    }
+
+    fn listed_raw(cache: &RouteCache, nodes: Vec<RouteNode>) {
+        cache.relist_begin();
+        for n in nodes {
+            cache.relist_apply(n);
+        }
+        cache.relist_done();
+    }
+}
+
+/// `routes_gate` and `opens_in` (src/gate.rs) at the ends of time; kept
+/// here, next to the cache whose times they judge.
+#[cfg(test)]
+mod gate_times {
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use proptest::prelude::*;
+
+    use super::Snapshot;
+    use crate::gate::{Gate, opens_in, routes_gate};
+
+    fn routed(since: Timestamp) -> Snapshot {
+        Snapshot {
+            synced: true,
+            total: 2,
+            with_route: 2,
+            all_routed_since: Some(since),
+            blockers: vec![],
+        }
+    }
+
+    fn closed(g: &Gate) -> &str {
+        match g {
+            Gate::Closed(w) => w,
+            Gate::Open => panic!("open"),
+        }
+    }
+
+    #[test]
+    fn extreme_timestamps_give_an_answer_not_a_panic() {
+        let (min, max) = (Timestamp::MIN, Timestamp::MAX);
+        let ten = Duration::from_secs(10);
+        // Routed since the beginning of time, asked at its end: open.
+        for settle in [Duration::ZERO, ten] {
+            assert_eq!(routes_gate(&routed(min), settle, max), Gate::Open);
+            assert_eq!(opens_in(&routed(min), settle, max), Some(Duration::ZERO));
+        }
+        // A settle time longer than time itself never opens.
+        let g = routes_gate(&routed(min), Duration::MAX, max);
+        assert!(closed(&g).contains("settling for"), "{g:?}");
+        assert!(opens_in(&routed(min), Duration::MAX, max).unwrap() > Duration::ZERO);
+        // Since at the end of time, asked at its beginning: closed until
+        // since + settle, which is further than any duration jiff holds.
+        for settle in [Duration::ZERO, ten, Duration::MAX] {
+            let g = routes_gate(&routed(max), settle, min);
+            assert!(closed(&g).contains("settling for"), "{g:?}");
+            let left = opens_in(&routed(max), settle, min).unwrap();
+            assert!(left >= Duration::from_secs(max.as_second().unsigned_abs()));
+        }
+        // Both at an end.
+        assert_eq!(
+            routes_gate(&routed(max), ten, max),
+            Gate::Closed("all 2 nodes have routes, settling for 10s more".into())
+        );
+        assert_eq!(routes_gate(&routed(min), Duration::ZERO, min), Gate::Open);
+        assert_eq!(opens_in(&routed(max), ten, max), Some(ten));
+    }
+
+    #[test]
+    fn since_in_the_future_waits_for_it_plus_settle() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let since = now + Duration::from_secs(3600);
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            routes_gate(&routed(since), ten, now),
+            Gate::Closed("all 2 nodes have routes, settling for 3610s more".into())
+        );
+        assert_eq!(
+            opens_in(&routed(since), ten, now),
+            Some(Duration::from_secs(3610))
+        );
+        assert_eq!(routes_gate(&routed(since), ten, since + ten), Gate::Open);
+    }
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        let (lo, hi) = (Timestamp::MIN.as_second(), Timestamp::MAX.as_second());
+        prop_oneof![
+            Just(Timestamp::MIN),
+            Just(Timestamp::MAX),
+            Just(Timestamp::UNIX_EPOCH),
+            (lo..=hi, 0..1_000_000_000i32)
+                .prop_map(|(s, n)| Timestamp::new(s, n).unwrap_or(Timestamp::MAX)),
+            (1_700_000_000i64..1_900_000_000).prop_map(|s| Timestamp::from_second(s).unwrap()),
+        ]
+    }
+
+    fn settle() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..100).prop_map(Duration::from_secs),
+            any::<u64>().prop_map(Duration::from_secs),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_gate_and_its_wake_up_agree_for_any_times(
+            since in timestamp(), now in timestamp(), settle in settle()
+        ) {
+            let r = routed(since);
+            let gate = routes_gate(&r, settle, now);
+            let left = opens_in(&r, settle, now).unwrap();
+            prop_assert_eq!(gate.is_open(), left.is_zero());
+            // Open exactly when settle has passed since `since`.
+            let elapsed = now.duration_since(since);
+            let settle_s = SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX);
+            prop_assert_eq!(gate.is_open(), elapsed >= settle_s);
+        }
+    }
+}
+
+/// Random condition lists: decoding and reading never fail or panic, and a
+/// node counts as routed only if every NetworkUnavailable condition says so.
+#[cfg(test)]
+mod props {
+    use k8s_openapi::jiff::Timestamp;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Mostly readable times, sometimes none, out of range or no time at all.
+    fn time() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            1 => Just(None),
+            1 => Just(Some(json!("9999-12-31T23:59:59Z"))),
+            1 => Just(Some(json!("9999-12-30T21:59:59Z"))),
+            1 => Just(Some(json!("0001-01-01T00:00:00Z"))),
+            1 => Just(Some(json!("not a time"))),
+            1 => Just(Some(json!(""))),
+            1 => Just(Some(json!(12))),
+            1 => Just(Some(Value::Null)),
+            12 => (0i64..4_000_000_000).prop_map(|s| Some(json!(
+                Timestamp::from_second(s).unwrap().to_string()
+            ))),
+        ]
+    }
+
+    /// Mostly the first word (what makes a route), sometimes another,
+    /// sometimes missing or not a string.
+    fn text(words: &'static [&'static str]) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            1 => Just(None),
+            1 => Just(Some(Value::Null)),
+            1 => Just(Some(json!(false))),
+            10 => Just(Some(json!(words[0]))),
+            4 => proptest::sample::select(words).prop_map(|w| Some(json!(w))),
+        ]
+    }
+
+    fn condition() -> impl Strategy<Value = Value> {
+        (
+            text(&["NetworkUnavailable", "Ready", "networkunavailable"]),
+            text(&["False", "True", "Unknown", "false", ""]),
+            text(&["RouteCreated", "NoRouteCreated", "CalicoIsUp", ""]),
+            time(),
+        )
+            .prop_map(|(t, s, r, lt)| {
+                let mut c = serde_json::Map::new();
+                for (k, v) in [
+                    ("type", t),
+                    ("status", s),
+                    ("reason", r),
+                    ("lastTransitionTime", lt),
+                ] {
+                    if let Some(v) = v {
+                        c.insert(k.into(), v);
+                    }
+                }
+                Value::Object(c)
+            })
+    }
+
+    /// What the rule says, straight from the JSON.
+    fn oracle(conditions: &[Value]) -> bool {
+        let nu: Vec<&Value> = conditions
+            .iter()
+            .filter(|c| c["type"] == CONDITION)
+            .collect();
+        !nu.is_empty()
+            && nu.iter().all(|c| {
+                c["status"] == "False"
+                    && c["reason"] == DEFAULT_REASON
+                    && match &c["lastTransitionTime"] {
+                        Value::Null => true,
+                        Value::String(s) => s.parse::<Timestamp>().is_ok(),
+                        _ => false,
+                    }
+            })
+    }
+
+    fn prev() -> impl Strategy<Value = Option<NodeRoute>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(NodeRoute {
+                route: Err(Blocker::NoCondition),
+                deleting: false
+            })),
+            (
+                0i64..4_000_000_000,
+                proptest::option::of(0i64..4_000_000_000)
+            )
+                .prop_map(|(s, r)| Some(NodeRoute {
+                    route: Ok(Route {
+                        since: Timestamp::from_second(s).unwrap(),
+                        reported: r.map(|r| Timestamp::from_second(r).unwrap()),
+                    }),
+                    deleting: false,
+                })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn routed_only_if_every_route_condition_says_so(
+            conditions in proptest::collection::vec(condition(), 0..4),
+            prev in prev(),
+            first_list in any::<bool>(),
+            now in 0i64..4_000_000_000,
+        ) {
+            let v = json!({"metadata": {"name": "n", "resourceVersion": "1"},
+                "status": {"conditions": conditions}});
+            let node: RouteNode = serde_json::from_value(v).unwrap();
+            let route = node.route(DEFAULT_REASON);
+            prop_assert_eq!(route.is_ok(), oracle(&conditions), "{:?}", route);
+            // Our clock bounds since, whatever the node says.
+            let now = Timestamp::from_second(now).unwrap();
+            let reading = Reading { route, deleting: false };
+            let entry = reading.resolve(prev.as_ref(), first_list, now);
+            if let Ok(r) = &entry.route {
+                prop_assert!(r.since <= now);
+                // Never earlier than a route already counted.
+                if let Some(Ok(p)) = prev.as_ref().map(|p| &p.route) {
+                    prop_assert!(r.since >= p.since.min(now));
+                } else if !first_list {
+                    prop_assert_eq!(r.since, now);
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde::Serialize;
@@ -14,7 +14,7 @@ use crate::gate::{self, Gate};
 use crate::held::{CalicoKindName, ObjectKey};
 use crate::hold::{self, Record};
 use crate::release::api;
-use crate::routes::{Blocker, NodeRoute, RouteCache};
+use crate::routes::{Blocker, NodeRoute, RouteCache, RouteNode};
 use crate::toggle::Toggle;
 use crate::watch::Store as _;
 
@@ -84,7 +84,9 @@ pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Resu
         });
 
     let cache = RouteCache::new(settings.required_reason.clone());
-    let nodes = Api::<Node>::all(client.clone())
+    // Read leniently, like the watch: one node's odd status is that node's
+    // problem (it shows as blocking), not a failed command.
+    let nodes = Api::<RouteNode>::all(client.clone())
         .list(&ListParams::default())
         .await?;
     cache.relist_begin();
@@ -177,7 +179,13 @@ fn node_status(name: String, r: NodeRoute, required_reason: &str) -> NodeStatus 
         Ok(_) => (Some("False".to_string()), Some(required_reason.to_string())),
         Err(Blocker::NoCondition) => (None, None),
         Err(Blocker::NoRouteCreated) => (Some("True".into()), Some("NoRouteCreated".into())),
-        Err(Blocker::Other { status, reason }) => (Some(status.clone()), Some(reason.clone())),
+        Err(Blocker::Other { status, reason } | Blocker::OneOfSeveral { status, reason, .. }) => {
+            (Some(status.clone()), Some(reason.clone()))
+        }
+        Err(Blocker::UnreadableTime { .. }) => {
+            (Some("False".to_string()), Some(required_reason.to_string()))
+        }
+        Err(Blocker::Unreadable { .. }) => (None, None),
     };
     NodeStatus {
         name,
@@ -185,7 +193,7 @@ fn node_status(name: String, r: NodeRoute, required_reason: &str) -> NodeStatus 
         condition_status,
         reason,
         why: r.route.as_ref().err().map(ToString::to_string),
-        since: r.route.ok().map(hold::format_time),
+        since: r.route.ok().map(|r| hold::format_time(r.since)),
         deleting: r.deleting,
     }
 }
@@ -284,6 +292,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::Route;
     use k8s_openapi::jiff::Timestamp;
 
     #[test]
@@ -293,7 +302,10 @@ mod tests {
             node_status(
                 "a".into(),
                 NodeRoute {
-                    route: Ok(t),
+                    route: Ok(Route {
+                        since: t,
+                        reported: Some(t),
+                    }),
                     deleting: false,
                 },
                 "RouteCreated",
@@ -314,12 +326,34 @@ mod tests {
                 },
                 "RouteCreated",
             ),
+            node_status(
+                "d".into(),
+                NodeRoute {
+                    route: Err(Blocker::UnreadableTime {
+                        time: "9999-12-31T23:59:59Z".into(),
+                    }),
+                    deleting: false,
+                },
+                "RouteCreated",
+            ),
+            node_status(
+                "e".into(),
+                NodeRoute {
+                    route: Err(Blocker::OneOfSeveral {
+                        count: 2,
+                        status: "True".into(),
+                        reason: "NoRouteCreated".into(),
+                    }),
+                    deleting: false,
+                },
+                "RouteCreated",
+            ),
         ];
         let s = Status {
             guard: true,
             cancel_requested: false,
             force_requested: false,
-            nodes_total: 3,
+            nodes_total: 5,
             nodes_with_route: 1,
             nodes,
             gate_open: false,
@@ -349,6 +383,19 @@ mod tests {
         assert!(
             row("c").contains("True    NoRouteCreated")
                 && row("c").ends_with("NoRouteCreated; deleting"),
+            "{text}"
+        );
+        assert!(
+            row("d").contains("no     False   RouteCreated")
+                && row("d").ends_with(
+                    r#"NetworkUnavailable lastTransitionTime "9999-12-31T23:59:59Z" is unreadable"#
+                ),
+            "{text}"
+        );
+        assert!(
+            row("e").contains("no     True    NoRouteCreated")
+                && row("e")
+                    .ends_with("NoRouteCreated in one of its 2 NetworkUnavailable conditions"),
             "{text}"
         );
         assert!(text.contains("gate:   closed: 2 of 3 nodes have no route yet"));
