@@ -104,7 +104,7 @@ fn set_routes(c: &Cluster, blocked: bool) {
             ("True", "NoRouteCreated")
         };
         c.routes.relist_apply(
-            serde_json::from_value(
+            serde_json::from_value::<overlay_switch_webhook::routes::RouteNode>(
                 json!({"metadata": {"name": name}, "status": {"conditions": [
                 {"type": "NetworkUnavailable", "status": status, "reason": reason,
                  "lastTransitionTime": "2020-01-01T00:00:00Z"}]}}),

@@ -737,3 +737,20 @@ pub fn allow_native_configmap(cp: &ControlPlane, name: &str) {
     cp.kubectl_ok(&["delete", "validatingadmissionpolicy", name], None)
         .unwrap();
 }
+
+impl Env {
+    /// Runs `f` while the webhook is not registered (an outage with a
+    /// fail-open registration, or a registration removed for a while), then
+    /// registers it again and waits until the API server calls it.
+    pub fn without_webhook<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            "overlay-switch-webhook",
+        ]);
+        let out = f();
+        self.register_webhook();
+        self.wait_webhook_active();
+        out
+    }
+}
