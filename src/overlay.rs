@@ -258,12 +258,17 @@ pub struct ReadError {
 pub struct Context<'a> {
     /// The guarded ConfigMap, which `valueFrom` and `envFrom` may reference.
     pub config_map: KnownConfigMap<'a>,
+    /// calico-node's container as the DaemonSet watch last saw it: a
+    /// ConfigMap update changes what its environment resolves to. `None`
+    /// while unknown, `Some(None)` when there is no calico-node.
+    pub calico_node: Option<Option<&'a Value>>,
 }
 
 impl Context<'_> {
-    /// No guarded ConfigMap (tests, tools).
+    /// No guarded ConfigMap and no calico-node (tests, tools).
     pub const NONE: Context<'static> = Context {
         config_map: KnownConfigMap::NONE,
+        calico_node: Some(None),
     };
 }
 
@@ -354,6 +359,9 @@ pub fn detect_switch(
     ctx: Context<'_>,
 ) -> Result<Option<Switch>, ReadError> {
     let mut reductions = reductions(kind, &read(kind, old, ctx), &read(kind, new, ctx))?;
+    if kind == CalicoKind::ConfigMap {
+        reductions.extend(through_calico_node(old, new, ctx)?);
+    }
     if kind == CalicoKind::IpPool {
         // Calico v3.32 ignores the legacy `spec.ipip` block that v3.31
         // honours: a reduction as either version reads it is a switch.
@@ -368,6 +376,40 @@ pub fn detect_switch(
         }
     }
     Ok((!reductions.is_empty()).then_some(Switch { kind, reductions }))
+}
+
+/// What a ConfigMap update does to calico-node's environment (`valueFrom`
+/// and `envFrom` of this ConfigMap): calico-node read with the old data and
+/// with the new. While calico-node's container is not known, any change of
+/// the data counts (the guard cannot tell which keys it reads).
+fn through_calico_node(old: &Value, new: &Value, ctx: Context<'_>) -> Result<Vec<Reduction>, ReadError> {
+    fn data(obj: &Value) -> Option<&serde_json::Map<String, Value>> {
+        obj.get("data").and_then(Value::as_object)
+    }
+    let (old_data, new_data) = (data(old), data(new));
+    let with = |d| KnownConfigMap {
+        name: ctx.config_map.name,
+        data: Some(d),
+    };
+    let mut out = match ctx.calico_node {
+        Some(None) => return Ok(vec![]),
+        Some(Some(container)) => reductions(
+            CalicoKind::DaemonSet,
+            &read_container(Some(container), with(old_data)),
+            &read_container(Some(container), with(new_data)),
+        )?,
+        None if old_data != new_data => vec![Reduction {
+            setting: Setting::Backend,
+            source: "calico-node env".into(),
+            from: "unknown (the calico-node DaemonSet is not known yet)".into(),
+            to: "this ConfigMap's changed data".into(),
+        }],
+        None => return Ok(vec![]),
+    };
+    for r in &mut out {
+        r.source = format!("calico-node {} (from this ConfigMap)", r.source);
+    }
+    Ok(out)
 }
 
 /// At most 128 bytes of `s` (cut on a char boundary), so that a huge
@@ -472,7 +514,12 @@ pub fn calico_node_container(obj: &Value) -> Option<&Value> {
 }
 
 fn read_daemonset(obj: &Value, ctx: Context<'_>) -> OverlayConfig {
-    let Some(container) = calico_node_container(obj) else {
+    read_container(calico_node_container(obj), ctx.config_map)
+}
+
+/// calico-node's settings from its container (`None`: there is none).
+pub fn read_container(container: Option<&Value>, config_map: KnownConfigMap<'_>) -> OverlayConfig {
+    let Some(container) = container else {
         // No container at all: nothing runs, Calico's defaults describe it.
         return OverlayConfig {
             ipip: Some(Eff::Unset(values::POOL_ENV_DEFAULT)),
@@ -486,7 +533,7 @@ fn read_daemonset(obj: &Value, ctx: Context<'_>) -> OverlayConfig {
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let env = Environment::of(container, ctx.config_map);
+    let env = Environment::of(container, config_map);
     let field = |var: &'static str| move || format!("container {name:?} env {var}");
     fn from_env<L>(
         value: EnvValue,

@@ -128,13 +128,18 @@ impl Webhook {
         // release controller is judged together with it.
         let pending = old_record.as_ref().filter(|_| action.is_none());
         let detected = self.cluster.config_map.with_config_map(|config_map| {
-            let ctx = overlay::Context { config_map };
-            let joined = pending.map(|r| hold::join(kind, old, new, r, ctx));
-            let judged = joined
-                .as_ref()
-                .and_then(|j| j.merged.as_ref())
-                .unwrap_or(new);
-            overlay::detect_switch(kind, old, judged, ctx).map(|s| (s, joined))
+            self.cluster.calico_node.with(|calico_node| {
+                let ctx = overlay::Context {
+                    config_map,
+                    calico_node,
+                };
+                let joined = pending.map(|r| hold::join(kind, old, new, r, ctx));
+                let judged = joined
+                    .as_ref()
+                    .and_then(|j| j.merged.as_ref())
+                    .unwrap_or(new);
+                overlay::detect_switch(kind, old, judged, ctx).map(|s| (s, joined))
+            })
         });
         let (switch, joined) = match detected {
             Ok(s) => s,

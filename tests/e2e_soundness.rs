@@ -150,7 +150,9 @@ fn pool_modes_and_switches_split_over_updates_are_held() {
         .unwrap();
     assert!(backend.get("valueFrom").is_some(), "{backend}");
 
-    // ConfigMap: vxlan -> key removed is not lower than bird; removed -> none is.
+    // ConfigMap: calico-node takes CALICO_NETWORKING_BACKEND from the key
+    // calico_backend (not optional), so removing the key is held (new
+    // calico-node pods could not start; what they would run is unknown) ...
     let (ok, _, err) = env.kubectl_raw(&[
         "-n",
         "kube-system",
@@ -161,7 +163,8 @@ fn pool_modes_and_switches_split_over_updates_are_held() {
         "-p",
         r#"[{"op":"remove","path":"/data/calico_backend"}]"#,
     ]);
-    assert!(ok && !err.contains("held"), "{err}");
+    assert!(ok && err.contains("overlay switch held"), "{err}");
+    // ... and so is lowering it.
     let (ok, _, err) = env.kubectl_raw(&[
         "-n",
         "kube-system",
@@ -173,6 +176,13 @@ fn pool_modes_and_switches_split_over_updates_are_held() {
         r#"{"data":{"calico_backend":"none"}}"#,
     ]);
     assert!(ok && err.contains("overlay switch held"), "{err}");
+    assert_eq!(
+        env.get(
+            &["-n", "kube-system", "configmap", "calico-config"],
+            "{.data.calico_backend}"
+        ),
+        "bird"
+    );
 }
 
 /// A JSON patch that puts `IPIP_MODE=<mode>` first in calico-node's env and
@@ -366,4 +376,57 @@ fn a_switch_made_in_several_updates_is_released_whole_and_warnings_say_the_curre
         .map(|c| c["image"].clone());
     assert_eq!(image, Some(Value::from("quay.io/calico/node:v3.31.8")));
     let _ = pool(&env);
+}
+
+#[test]
+fn a_config_map_key_that_calico_node_reads_is_guarded_like_the_setting_itself() {
+    let env = Env::start(&["--release=false"]);
+    env.calico_cluster(&[("node-a", Cond::Routed), ("node-b", Cond::NoRoute)], false);
+    // calico-node takes its IPIP mode from a key of calico-config.
+    env.kubectl(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "configmap",
+        "calico-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"ipip_mode":"Always"}}"#,
+    ]);
+    env.kubectl(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "daemonset",
+        "calico-node",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"calico-node","env":[{"name":"CALICO_IPV4POOL_IPIP","value":null,"valueFrom":{"configMapKeyRef":{"name":"calico-config","key":"ipip_mode"}}}]}]}}}}"#,
+    ]);
+    env.set_guard(true);
+    let patch = |data: &str| {
+        env.kubectl_raw(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "configmap",
+            "calico-config",
+            "--type=merge",
+            "-p",
+            data,
+            "--dry-run=server",
+            "-o",
+            "json",
+        ])
+    };
+    // Lowering that key is held (once the server has seen the DaemonSet).
+    let (out, err) = eventually("ConfigMap key switch held", Duration::from_secs(10), || {
+        let (ok, out, err) = patch(r#"{"data":{"ipip_mode":"Never"}}"#);
+        (ok && err.contains("overlay switch held")).then_some((out, err))
+    });
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["data"]["ipip_mode"], "Always", "held: {err}");
+    // A key calico-node does not read changes nothing.
+    let (ok, _, err) = patch(r#"{"data":{"some_other_key":"x"}}"#);
+    assert!(ok && !err.contains("held"), "{err}");
 }
