@@ -281,3 +281,113 @@ proptest! {
         }
     }
 }
+
+/// One node's `NetworkUnavailable` conditions, hostile ones included.
+#[derive(Debug, Clone)]
+enum NodeStatus {
+    Routed,
+    NoRoute,
+    NoCondition,
+    /// RouteCreated, with a transition time the API server accepts but a
+    /// timestamp library may not (`9999-12-31T23:59:59Z`), or far ahead.
+    RoutedAt(&'static str),
+    /// RouteCreated first, then a second condition that says otherwise.
+    Duplicate(&'static str, &'static str),
+    /// A condition with odd fields.
+    Odd(Value),
+}
+
+impl NodeStatus {
+    fn conditions(&self) -> Value {
+        let c = |status: &str, reason: &str, time: &str| json!({"type": "NetworkUnavailable", "status": status, "reason": reason, "lastTransitionTime": time});
+        match self {
+            Self::Routed => json!([c("False", "RouteCreated", "2020-01-01T00:00:00Z")]),
+            Self::NoRoute => json!([c("True", "NoRouteCreated", "2020-01-01T00:00:00Z")]),
+            Self::NoCondition => json!([]),
+            Self::RoutedAt(t) => json!([c("False", "RouteCreated", t)]),
+            Self::Duplicate(status, reason) => json!([
+                c("False", "RouteCreated", "2020-01-01T00:00:00Z"),
+                c(status, reason, "2020-01-01T00:00:00Z")
+            ]),
+            Self::Odd(v) => json!([v]),
+        }
+    }
+
+    /// Whether this node has its route beyond doubt (with a zero settle
+    /// time: a transition time ahead of our clock counts from when it was
+    /// seen; one that cannot be read blocks).
+    fn routed(&self) -> bool {
+        match self {
+            Self::Routed | Self::Duplicate("False", "RouteCreated") => true,
+            Self::RoutedAt(t) => matches!(*t, "9999-12-30T21:59:59Z" | "2999-01-01T00:00:00Z"),
+            _ => false,
+        }
+    }
+}
+
+fn node_status() -> impl Strategy<Value = NodeStatus> {
+    prop_oneof![
+        4 => Just(NodeStatus::Routed),
+        1 => Just(NodeStatus::NoRoute),
+        1 => Just(NodeStatus::NoCondition),
+        1 => prop::sample::select(vec!["9999-12-31T23:59:59Z", "9999-12-30T21:59:59Z", "2999-01-01T00:00:00Z", "not a time", ""])
+            .prop_map(NodeStatus::RoutedAt),
+        1 => prop::sample::select(vec![("True", "NoRouteCreated"), ("False", "CalicoIsUp"), ("True", "CalicoIsDown"), ("False", "RouteCreated"), ("Unknown", "")])
+            .prop_map(|(s, r)| NodeStatus::Duplicate(s, r)),
+        1 => prop::sample::select(vec![
+            json!({"type": "NetworkUnavailable", "status": false, "reason": "RouteCreated"}),
+            json!({"type": "NetworkUnavailable", "status": "False", "reason": ["RouteCreated"]}),
+            json!({"type": "NetworkUnavailable", "status": "False"}),
+            json!({"type": "NetworkUnavailable", "status": "false", "reason": "RouteCreated"}),
+            json!({"type": "NetworkUnavailable", "status": "False", "reason": "RouteCreated", "lastTransitionTime": 7}),
+        ]).prop_map(NodeStatus::Odd),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("GUARD_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
+
+    /// Hostile node status never lets a switch through and never fails the
+    /// cache: a switch passes only when every node has its route beyond
+    /// doubt, and the cache stays synced whatever one node says.
+    #[test]
+    fn hostile_node_status_never_lets_a_switch_through(nodes in prop::collection::vec(node_status(), 1..6), live in any::<bool>()) {
+        let c = cluster(false);
+        let feed = |n: &NodeStatus, i: usize| serde_json::from_value::<overlay_switch_webhook::routes::RouteNode>(
+            json!({"metadata": {"name": format!("node-{i}"), "managedFields": [{"time": "9999-12-31T23:59:59Z"}]},
+                   "status": {"conditions": n.conditions()}})).unwrap();
+        c.routes.relist_begin();
+        if live {
+            c.routes.relist_done();
+            for (i, n) in nodes.iter().enumerate() {
+                c.routes.apply(feed(n, i));
+            }
+        } else {
+            for (i, n) in nodes.iter().enumerate() {
+                c.routes.relist_apply(feed(n, i));
+            }
+            c.routes.relist_done();
+        }
+        prop_assert!(c.routes.snapshot(3).synced, "one node's status never makes the state unknown");
+        let webhook = Webhook { cluster: c.clone(), metrics: Metrics::new(&mut prometheus_client::registry::Registry::default()) };
+        let env: Env = [("CALICO_IPV4POOL_IPIP", "Always")].into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let old = ds(&env, "v", &json!({}));
+        let lowered: Env = [("CALICO_IPV4POOL_IPIP", "Never")].into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let new = ds(&lowered, "v", &json!({}));
+        let stored = update(&webhook, &old, &new).expect("admitted (held or passed)");
+        let passed = env_of(&stored).get("CALICO_IPV4POOL_IPIP").map(String::as_str) == Some("Never");
+        let all_routed = nodes.iter().all(NodeStatus::routed);
+        if passed {
+            prop_assert!(all_routed, "passed with {:?}", nodes);
+        }
+        // With a settle time of zero and past transition times, a cluster
+        // whose nodes all have their routes lets it through at once (a live
+        // route counts from when it was seen, which is now).
+        if all_routed {
+            prop_assert!(passed, "held although every node has its route: {:?}", nodes);
+        }
+    }
+}
