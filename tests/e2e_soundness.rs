@@ -381,7 +381,10 @@ fn a_switch_made_in_several_updates_is_released_whole_and_warnings_say_the_curre
 #[test]
 fn a_config_map_key_that_calico_node_reads_is_guarded_like_the_setting_itself() {
     let env = Env::start(&["--release=false"]);
-    env.calico_cluster(&[("node-a", Cond::Routed), ("node-b", Cond::NoRoute)], false);
+    env.calico_cluster(
+        &[("node-a", Cond::Routed), ("node-b", Cond::NoRoute)],
+        false,
+    );
     // calico-node takes its IPIP mode from a key of calico-config.
     env.kubectl(&[
         "-n",
