@@ -89,39 +89,54 @@ impl Environment {
             Some(Slot::Text(t)) => EnvValue::Text(t.clone()),
             Some(Slot::Unknown(w)) => EnvValue::Unknown(w.clone()),
             // Not set by anything we can read: an opaque envFrom may set it.
-            None => match self.opaque.first() {
-                Some(source) => EnvValue::Unknown(format!("may be set by envFrom {source}")),
-                None => EnvValue::Absent,
-            },
+            None if self.opaque.is_empty() => EnvValue::Absent,
+            None => EnvValue::Unknown(self.opaque_words()),
         }
+    }
+
+    /// The opaque `envFrom` sources, in words that differ whenever the
+    /// sources differ (all of them, in order, with their prefixes).
+    fn opaque_words(&self) -> String {
+        format!("may be set by envFrom {}", self.opaque.join(", "))
     }
 
     fn env_from(&mut self, source: &Value, guarded: KnownConfigMap<'_>) {
         let prefix = source.get("prefix").and_then(Value::as_str).unwrap_or("");
         let cm_name = source.pointer("/configMapRef/name").and_then(Value::as_str);
-        match cm_name {
+        let with_prefix = |what: String| {
+            if prefix.is_empty() {
+                what
+            } else {
+                format!("{what} (prefix {prefix:?})")
+            }
+        };
+        let opaque = match cm_name {
             Some(name) if name == guarded.name && !name.is_empty() => match guarded.data {
                 Some(Some(data)) => {
                     for (k, v) in data {
                         let text = v.as_str().unwrap_or_default().to_string();
                         self.vars.insert(format!("{prefix}{k}"), Slot::Text(text));
                     }
+                    return;
                 }
                 // Known not to exist: adds nothing (optional) or the pod
                 // does not start; either way no value.
-                Some(None) => {}
-                None => self
-                    .opaque
-                    .push(format!("ConfigMap {name} (not yet known)")),
+                Some(None) => return,
+                None => with_prefix(format!("ConfigMap {name} (not yet known)")),
             },
-            Some(name) => self.opaque.push(format!("ConfigMap {name}")),
-            None => {
-                let secret = source
+            Some(name) => with_prefix(format!("ConfigMap {name}")),
+            None => with_prefix(
+                source
                     .pointer("/secretRef/name")
                     .and_then(Value::as_str)
-                    .unwrap_or("?");
-                self.opaque.push(format!("Secret {secret}"));
-            }
+                    .map_or_else(|| compact(source), |n| format!("Secret {n}")),
+            ),
+        };
+        self.opaque.push(opaque);
+        // A source we cannot read may override what earlier sources set.
+        let words = self.opaque_words();
+        for slot in self.vars.values_mut() {
+            *slot = Slot::Unknown(words.clone());
         }
     }
 
@@ -147,17 +162,13 @@ impl Environment {
     /// `None`: an optional reference to a missing key (nothing is set).
     fn value_from(&self, from: &Value, guarded: KnownConfigMap<'_>) -> Option<Slot> {
         let Some(cm) = from.get("configMapKeyRef") else {
-            let what = from
-                .as_object()
-                .and_then(|o| o.keys().next().cloned())
-                .unwrap_or_else(|| "valueFrom".into());
-            return Some(Slot::Unknown(format!("from {what}")));
+            return Some(Slot::Unknown(describe_source(from)));
         };
         let name = cm.get("name").and_then(Value::as_str).unwrap_or("");
         let key = cm.get("key").and_then(Value::as_str).unwrap_or("");
         let optional = cm.get("optional").and_then(Value::as_bool) == Some(true);
         if name != guarded.name || name.is_empty() {
-            return Some(Slot::Unknown(format!("from ConfigMap {name} key {key}")));
+            return Some(Slot::Unknown(describe_source(from)));
         }
         match guarded.data {
             None => Some(Slot::Unknown(format!(
@@ -198,6 +209,52 @@ impl Environment {
             None => Slot::Text(out),
         }
     }
+}
+
+/// A `valueFrom` the webhook cannot read, in words that name all of it, so
+/// that two different sources never read as the same unknown.
+fn describe_source(from: &Value) -> String {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("?").to_string();
+    let named = |kind: &str, r: &Value| {
+        let optional = if r.get("optional").and_then(Value::as_bool) == Some(true) {
+            " (optional)"
+        } else {
+            ""
+        };
+        format!(
+            "from {kind} {} key {}{optional}",
+            text(r.get("name")),
+            text(r.get("key"))
+        )
+    };
+    match from
+        .as_object()
+        .map(|o| o.iter().collect::<Vec<_>>())
+        .as_deref()
+    {
+        Some([(k, r)]) if k.as_str() == "secretKeyRef" => named("Secret", r),
+        Some([(k, r)]) if k.as_str() == "configMapKeyRef" => named("ConfigMap", r),
+        Some([(k, r)])
+            if k.as_str() == "fieldRef" && r.as_object().is_some_and(|o| o.len() <= 2) =>
+        {
+            format!("from fieldRef {}", text(r.get("fieldPath")))
+        }
+        _ => format!("from {}", compact(from)),
+    }
+}
+
+/// A JSON value in one line, at most 200 bytes (for words that name a source).
+fn compact(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > 200 {
+        let mut end = 200;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
 }
 
 /// Kubernetes' variable expansion (`expansion.Expand`): `$(NAME)` is replaced
@@ -333,7 +390,7 @@ mod tests {
         assert_eq!(env.get("GONE"), EnvValue::Absent);
         assert!(matches!(env.get("BROKEN"), EnvValue::Unknown(w) if w.contains("cannot start")));
         assert!(matches!(env.get("OTHER"), EnvValue::Unknown(w) if w.contains("ConfigMap other")));
-        assert!(matches!(env.get("SECRET"), EnvValue::Unknown(w) if w.contains("secretKeyRef")));
+        assert!(matches!(env.get("SECRET"), EnvValue::Unknown(w) if w == "from Secret s key k"));
         assert!(matches!(env.get("NODE"), EnvValue::Unknown(w) if w.contains("fieldRef")));
         assert!(matches!(env.get("USES"), EnvValue::Unknown(w) if w.contains("$(SECRET)")));
 
