@@ -188,3 +188,273 @@ pub fn backend(s: &str) -> Backend {
         _ => Backend::Bird,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Encapsulation::{Always, CrossSubnet, Never};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn pool_modes_are_exact_strings() {
+        for (s, want) in [
+            ("Always", Always),
+            ("CrossSubnet", CrossSubnet),
+            // Everything else is encap.Undefined: no encapsulation.
+            ("Never", Never),
+            ("", Never),
+            ("always", Never),
+            ("ALWAYS", Never),
+            (" Always", Never),
+            ("Always ", Never),
+            ("Always\n", Never),
+            ("crosssubnet", Never),
+            ("cross-subnet", Never),
+            ("Cross-Subnet", Never),
+            ("CROSSSUBNET", Never),
+            ("true", Never),
+            ("garbage", Never),
+        ] {
+            assert_eq!(pool_mode(s), Parsed::Set(want), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_legacy_ipip_block_as_v3_31_converts_it() {
+        for (block, want) in [
+            (json!({}), Ok(Never)),
+            (json!({"enabled": false}), Ok(Never)),
+            (json!({"enabled": false, "mode": "always"}), Ok(Never)),
+            (json!({"mode": "cross-subnet"}), Ok(Never)),
+            (json!({"enabled": "true"}), Ok(Never)),
+            (json!({"enabled": null}), Ok(Never)),
+            (json!({"enabled": true}), Ok(Always)),
+            (json!({"enabled": true, "mode": "always"}), Ok(Always)),
+            (json!({"enabled": true, "mode": ""}), Ok(Always)),
+            (
+                json!({"enabled": true, "mode": "cross-subnet"}),
+                Ok(CrossSubnet),
+            ),
+            // Only the exact encap constant is cross-subnet.
+            (json!({"enabled": true, "mode": "CrossSubnet"}), Ok(Always)),
+            (json!({"enabled": true, "mode": "Cross-Subnet"}), Ok(Always)),
+            (
+                json!({"enabled": true, "mode": " cross-subnet"}),
+                Ok(Always),
+            ),
+            (json!({"enabled": true, "mode": 5}), Ok(Always)),
+            (json!("enabled"), Err(())),
+            (json!(true), Err(())),
+            (json!([]), Err(())),
+            (json!(null), Err(())),
+        ] {
+            assert_eq!(legacy_ipip(&block).map_err(|_| ()), want, "{block}");
+        }
+    }
+
+    #[test]
+    fn pool_env_is_lowercased_not_trimmed_and_anything_else_stops_calico_node() {
+        for (s, want) in [
+            ("Always", Always),
+            ("always", Always),
+            ("ALWAYS", Always),
+            ("aLwAyS", Always),
+            ("CrossSubnet", CrossSubnet),
+            ("crosssubnet", CrossSubnet),
+            ("cross-subnet", CrossSubnet),
+            ("CROSS-SUBNET", CrossSubnet),
+            ("Never", Never),
+            ("never", Never),
+            ("off", Never),
+            ("OFF", Never),
+            ("", Never),
+        ] {
+            assert_eq!(pool_env(s), Parsed::Set(want), "{s:?}");
+        }
+        for s in [
+            " Always",
+            "Always ",
+            "always\n",
+            "true",
+            "false",
+            "on",
+            "1",
+            "enabled",
+            "cross subnet",
+            "cross_subnet",
+            " ",
+        ] {
+            assert_eq!(pool_env(s), Parsed::Invalid(POOL_ENV_MODES), "{s:?}");
+        }
+        assert_eq!(POOL_ENV_DEFAULT, Never);
+    }
+
+    #[test]
+    fn felix_flags_as_felix_parses_them() {
+        assert_eq!(felix_flag(""), Parsed::Unset(FelixFlag::FollowPools));
+        for s in [
+            "true", "TRUE", "True", "1", "yes", "YES", "y", "Y", "t", "T",
+        ] {
+            assert_eq!(felix_flag(s), Parsed::Set(FelixFlag::On), "{s:?}");
+        }
+        for s in [
+            "false", "FALSE", "False", "0", "no", "No", "n", "N", "f", "F",
+        ] {
+            assert_eq!(felix_flag(s), Parsed::Set(FelixFlag::Off), "{s:?}");
+        }
+        // `none` resets to nil; anything Felix cannot parse is replaced by
+        // the default, nil, too (not fatal). `on`/`off` are not Felix bools.
+        for s in [
+            "none", "None", "NONE", " true", "true ", "false\n", "on", "off", "2", "enabled", " ",
+        ] {
+            assert_eq!(felix_flag(s), Parsed::Set(FelixFlag::FollowPools), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn backends_are_exact_and_default_to_bird() {
+        assert_eq!(backend("none"), Backend::None);
+        assert_eq!(backend("vxlan"), Backend::Vxlan);
+        for s in [
+            "bird", "BIRD", "Bird", "None", "NONE", " none", "none ", "VXLAN", " vxlan", "",
+            "gobgp",
+        ] {
+            assert_eq!(backend(s), Backend::Bird, "{s:?}");
+        }
+        assert_eq!(BACKEND_DEFAULT, Backend::Bird);
+    }
+
+    #[test]
+    fn orders_and_spellings() {
+        assert!(Never < CrossSubnet && CrossSubnet < Always);
+        assert!(FelixFlag::Off < FelixFlag::FollowPools && FelixFlag::FollowPools < FelixFlag::On);
+        for (l, s) in [
+            (Never, "Never"),
+            (CrossSubnet, "CrossSubnet"),
+            (Always, "Always"),
+        ] {
+            assert_eq!(l.as_str(), s);
+            assert_eq!(l.to_string(), s);
+            // The canonical spelling reads back as itself, in pools and env.
+            assert_eq!(pool_mode(s), Parsed::Set(l));
+            assert_eq!(pool_env(s), Parsed::Set(l));
+        }
+        for (b, s) in [
+            (Backend::Bird, "bird"),
+            (Backend::Vxlan, "vxlan"),
+            (Backend::None, "none"),
+        ] {
+            assert_eq!(b.as_str(), s);
+            assert_eq!(b.to_string(), s);
+            assert_eq!(backend(s), b);
+        }
+        assert_eq!(FelixFlag::Off.to_string(), "false");
+        assert_eq!(FelixFlag::On.to_string(), "true");
+        assert_eq!(
+            FelixFlag::FollowPools.to_string(),
+            "Felix follows the IPPools"
+        );
+        assert_eq!(
+            felix_flag(&FelixFlag::On.to_string()),
+            Parsed::Set(FelixFlag::On)
+        );
+        assert_eq!(
+            felix_flag(&FelixFlag::Off.to_string()),
+            Parsed::Set(FelixFlag::Off)
+        );
+    }
+
+    /// Flips the case of the ASCII letters where `flip` says so.
+    fn ascii_case(s: &str, flip: &[bool]) -> String {
+        s.chars()
+            .zip(flip.iter().cycle())
+            .map(|(c, f)| {
+                if *f && c.is_ascii_lowercase() {
+                    c.to_ascii_uppercase()
+                } else if *f && c.is_ascii_uppercase() {
+                    c.to_ascii_lowercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    /// Strings near the accepted spellings, and arbitrary ones.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "Always",
+                "CrossSubnet",
+                "cross-subnet",
+                "Never",
+                "off",
+                "none",
+                "vxlan",
+                "bird",
+                "true",
+                "false",
+                "yes",
+                "no",
+                "1",
+                "0",
+                "t",
+                "f",
+                "y",
+                "n",
+                "",
+            ])
+            .prop_map(String::from),
+            ".{0,12}",
+            "[ a-zA-Z-]{0,12}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn pool_modes_encapsulate_only_on_the_exact_constants(s in text()) {
+            let want = match s.as_str() {
+                "Always" => Always,
+                "CrossSubnet" => CrossSubnet,
+                _ => Never,
+            };
+            prop_assert_eq!(pool_mode(&s), Parsed::Set(want));
+        }
+
+        #[test]
+        fn env_and_felix_readings_ignore_ascii_case_but_not_spaces(
+            s in text(),
+            flip in prop::collection::vec(any::<bool>(), 1..8),
+            pad in prop::sample::select(vec![" ", "\t", "\n"]),
+        ) {
+            let other = ascii_case(&s, &flip);
+            prop_assert_eq!(pool_env(&s), pool_env(&other), "{:?} {:?}", s, other);
+            prop_assert_eq!(felix_flag(&s), felix_flag(&other), "{:?} {:?}", s, other);
+            // Padding is never trimmed: a padded pool mode stops calico-node,
+            // a padded Felix flag is nil.
+            let padded = format!("{pad}{s}");
+            prop_assert_eq!(pool_env(&padded), Parsed::Invalid(POOL_ENV_MODES));
+            prop_assert_eq!(felix_flag(&padded), Parsed::Set(FelixFlag::FollowPools));
+        }
+
+        #[test]
+        fn felix_flag_is_total_and_unset_only_when_empty(s in text()) {
+            match felix_flag(&s) {
+                Parsed::Unset(l) => prop_assert!(s.is_empty() && l == FelixFlag::FollowPools),
+                Parsed::Set(_) => prop_assert!(!s.is_empty()),
+                Parsed::Invalid(_) => prop_assert!(false, "Felix never refuses {:?}", s),
+            }
+        }
+
+        #[test]
+        fn only_exact_none_and_vxlan_leave_bird(s in text()) {
+            let want = match s.as_str() {
+                "none" => Backend::None,
+                "vxlan" => Backend::Vxlan,
+                _ => Backend::Bird,
+            };
+            prop_assert_eq!(backend(&s), want);
+        }
+    }
+}
