@@ -275,19 +275,23 @@ async fn bad_input_gets_a_clear_error_response() {
             .contains("limit")
     );
 
-    // An unreadable overlay value in a Calico update: refused with the reason.
+    // An overlay value Calico cannot read in a Calico update (a legacy
+    // `spec.ipip` block that is no object): refused with the reason. (A
+    // mode like `Sometimes` is no such value: Calico reads it as Never.)
+    let mut unreadable = pool("Always");
+    unreadable["spec"]["ipip"] = json!("Sometimes");
     let body = review(
         ("crd.projectcalico.org", "v1", "IPPool"),
         "p",
         None,
         "UPDATE",
         pool("Always"),
-        pool("Sometimes"),
+        unreadable,
     );
     let (_, resp) = post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
     assert_eq!(resp["response"]["allowed"], false);
     let msg = resp["response"]["status"]["message"].as_str().unwrap();
-    assert!(msg.contains("Sometimes"), "{msg}");
+    assert!(msg.contains("spec.ipip") && msg.contains("Sometimes"), "{msg}");
     r.shutdown().await;
 }
 
