@@ -291,7 +291,10 @@ async fn bad_input_gets_a_clear_error_response() {
     let (_, resp) = post(&r, serde_json::to_vec(&body).unwrap(), "application/json").await;
     assert_eq!(resp["response"]["allowed"], false);
     let msg = resp["response"]["status"]["message"].as_str().unwrap();
-    assert!(msg.contains("spec.ipip") && msg.contains("Sometimes"), "{msg}");
+    assert!(
+        msg.contains("spec.ipip") && msg.contains("Sometimes"),
+        "{msg}"
+    );
     r.shutdown().await;
 }
 
