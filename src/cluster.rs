@@ -110,6 +110,9 @@ pub struct Cluster {
     /// calico-node's container (a ConfigMap update changes what its env
     /// resolves to).
     pub calico_node: Arc<LastSeen>,
+    /// The user this server's release controller writes as (learned at
+    /// start): the release and cancel markers count only from that user.
+    pub own_user: std::sync::OnceLock<String>,
 }
 
 impl Cluster {
@@ -126,8 +129,26 @@ impl Cluster {
                 settings.daemonset_name.clone(),
                 last_seen::calico_node_container,
             )),
+            own_user: std::sync::OnceLock::new(),
             settings,
         })
+    }
+
+    /// Learns who this server is to the API server (a `SelfSubjectReview`,
+    /// allowed to every authenticated user), so that the release
+    /// controller's markers can be told from forged ones.
+    pub async fn learn_own_user(&self, client: &Client) -> Result<String, kube::Error> {
+        use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+        let review = Api::<SelfSubjectReview>::all(client.clone())
+            .create(&Default::default(), &SelfSubjectReview::default())
+            .await?;
+        let user = review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username)
+            .unwrap_or_default();
+        let _ = self.own_user.set(user.clone());
+        Ok(user)
     }
 
     /// True when every watch has synced: the route state, the toggle and the

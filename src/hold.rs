@@ -583,6 +583,24 @@ fn set_action(obj: &mut Value, action: &str) {
     }
 }
 
+/// Whether a release or cancel marker on `new` is what the release
+/// controller writes: a release applies exactly the recorded change onto the
+/// object as it is, a cancel changes nothing in the held part. A marker on
+/// any other update (forged, or copied from somewhere) counts for nothing.
+pub fn action_fits(kind: CalicoKind, old: &Value, new: &Value, action: &str) -> bool {
+    let root = held_pointer(kind);
+    match action {
+        "cancel" => old.pointer(root) == new.pointer(root),
+        "release" => match Record::read(old) {
+            Ok(Some(r)) => {
+                apply_intent(old, &r).is_ok_and(|d| d.pointer(root) == new.pointer(root))
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// The action marker of an incoming object, if any.
 pub fn action(obj: &Value) -> Option<&str> {
     annotation(obj, ACTION_ANNOTATION)

@@ -133,6 +133,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig.as_deref()).await?;
 
     let cluster = Cluster::new(args.cluster.settings());
+    match cluster.learn_own_user(&client).await {
+        Ok(user) => tracing::info!(%user, "release and cancel markers count only from this user"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot learn this server's own user; release and cancel markers count only when they match the recorded change")
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     cluster.spawn_watches(&client, Some(args.watch_timeout), &mut tasks);
     tasks.spawn(certs.clone().watch(args.tls_reload_interval));

@@ -123,7 +123,14 @@ impl Webhook {
                 )),
             ),
         };
-        let action = hold::action(new);
+        // The release controller's markers count only from its own user
+        // (when known) and only on the write it makes; anything else is an
+        // ordinary update (and the marker is stripped).
+        let from_us = match self.cluster.own_user.get() {
+            Some(me) => req.user_info.username.as_deref() == Some(me.as_str()),
+            None => true,
+        };
+        let action = hold::action(new).filter(|a| from_us && hold::action_fits(kind, old, new, a));
         // While a switch is held on this object, an update by anyone but the
         // release controller is judged together with it.
         let pending = old_record.as_ref().filter(|_| action.is_none());

@@ -391,3 +391,36 @@ proptest! {
         }
     }
 }
+
+/// The release controller's markers (`overlay-switch-action: release` or
+/// `cancel`) count only from its own user and only on the write it makes:
+/// forged by anyone else, they neither drop nor pass a held switch.
+#[test]
+fn forged_release_and_cancel_markers_count_for_nothing() {
+    const ACTION: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-action";
+    let c = cluster(true);
+    c.own_user
+        .set("system:serviceaccount:overlay-switch:webhook".into())
+        .unwrap();
+    let webhook = Webhook {
+        cluster: c.clone(),
+        metrics: Metrics::new(&mut prometheus_client::registry::Registry::default()),
+    };
+    let env = |v: &str| -> Env { [("CALICO_IPV4POOL_IPIP".to_string(), v.to_string())].into() };
+    let initial = ds(&env("Always"), "v", &json!({}));
+    let held = update(&webhook, &initial, &ds(&env("Never"), "v", &json!({}))).unwrap();
+    assert!(Record::read(&held).unwrap().is_some(), "held");
+    let mut annotations = held["metadata"]["annotations"].clone();
+
+    // A forged cancel (metadata only): the record stays, the marker goes.
+    annotations[ACTION] = json!("cancel");
+    let after = update(&webhook, &held, &ds(&env("Always"), "v", &annotations)).unwrap();
+    assert!(Record::read(&after).unwrap().is_some(), "record kept");
+    assert!(after["metadata"]["annotations"].get(ACTION).is_none());
+
+    // A forged release carrying the switch: held like any switch.
+    annotations[ACTION] = json!("release");
+    let after = update(&webhook, &held, &ds(&env("Never"), "v", &annotations)).unwrap();
+    assert_eq!(env_of(&after)["CALICO_IPV4POOL_IPIP"], "Always");
+    assert!(Record::read(&after).unwrap().is_some());
+}
