@@ -18,28 +18,8 @@ const SA: &str = "system:serviceaccount:overlay-switch-webhook:overlay-switch-we
 /// sufficient by use.
 fn start_as_service_account(extra: &[&str]) -> Env {
     let cp = controlplane::ControlPlane::start().expect("control plane");
-    for f in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
-        cp.kubectl_ok(
-            &["apply", "-f", repo("manifests").join(f).to_str().unwrap()],
-            None,
-        )
-        .unwrap();
-    }
-    let token = cp
-        .kubectl_ok(
-            &[
-                "-n",
-                "overlay-switch-webhook",
-                "create",
-                "token",
-                "overlay-switch-webhook",
-                "--duration=2h",
-            ],
-            None,
-        )
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kubeconfig_with_token(&cp, dir.path(), "webhook", token.trim());
+    let kubeconfig = manifest_service_account_kubeconfig(&cp, dir.path());
     let server = Server::start(dir.path(), &kubeconfig, extra);
     let env = Env { server, cp, dir };
     env.register_webhook();
@@ -297,13 +277,7 @@ fn a_recorded_change_that_no_longer_applies_is_reported_not_forced() {
     // registration, or a registration removed for a while): the recorded
     // change's positions no longer fit. (With the webhook in the path, such
     // an update is merged with the held switch instead.)
-    let (ok, _, err) = env.without_webhook(|| {
-        env.kubectl_raw(&[
-            "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",
-            r#"[{"op":"add","path":"/spec/template/spec/containers/1/env/0","value":{"name":"EXTRA","value":"1"}}]"#,
-        ])
-    });
-    assert!(ok && !err.contains("overlay switch"), "{err}");
+    insert_env_var_without_webhook(&env);
     env.set_node("node-c", Cond::Routed);
     eventually("conflict reported", Duration::from_secs(30), || {
         (env.server
@@ -524,13 +498,7 @@ fn a_conflict_undone_by_an_edit_that_is_no_switch_is_released_at_once() {
     // A non-switch edit made while the webhook was not registered shifts
     // calico-node's env: the recorded change no longer applies. (With the
     // webhook in the path, the edit would be merged with the held switch.)
-    let (ok, _, err) = env.without_webhook(|| {
-        env.kubectl_raw(&[
-            "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",
-            r#"[{"op":"add","path":"/spec/template/spec/containers/1/env/0","value":{"name":"EXTRA","value":"1"}}]"#,
-        ])
-    });
-    assert!(ok && !err.contains("overlay switch"), "{err}");
+    insert_env_var_without_webhook(&env);
     env.set_node("node-c", Cond::Routed);
     eventually("conflict reported", Duration::from_secs(30), || {
         (env.server
@@ -573,4 +541,17 @@ fn a_conflict_undone_by_an_edit_that_is_no_switch_is_released_at_once() {
         Some("held")
     );
     assert_eq!(env_value(&ds(&env), "EXTRA"), None);
+}
+
+/// Inserts an env var at the top of calico-node's env while the webhook is
+/// not registered: the recorded change's positions no longer fit (with the
+/// webhook in the path, the edit would be merged with the held switch).
+fn insert_env_var_without_webhook(env: &Env) {
+    let (ok, _, err) = env.without_webhook(|| {
+        env.kubectl_raw(&[
+            "-n", "kube-system", "patch", "daemonset", "calico-node", "--type=json", "-p",
+            r#"[{"op":"add","path":"/spec/template/spec/containers/1/env/0","value":{"name":"EXTRA","value":"1"}}]"#,
+        ])
+    });
+    assert!(ok && !err.contains("overlay switch"), "{err}");
 }

@@ -34,10 +34,10 @@ fn intent(obj: &Value) -> Option<Value> {
         .map(|s| serde_json::from_str(s).unwrap())
 }
 
-/// `kubectl -n kube-system set env daemonset/calico-node` with `assign`
-/// (e.g. `X=1` or `X-`); returns stderr (warnings).
-fn set_env(env: &Env, assign: &str) -> String {
-    let (ok, _, err) = env.kubectl_raw(&[
+/// `kubectl -n kube-system set env daemonset/calico-node -c calico-node`
+/// with `assign` (e.g. `X=1` or `X-`) and `extra` flags; (ok, stdout, stderr).
+fn set_env_with(env: &Env, assign: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
         "-n",
         "kube-system",
         "set",
@@ -46,9 +46,34 @@ fn set_env(env: &Env, assign: &str) -> String {
         "-c",
         "calico-node",
         assign,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    env.kubectl_raw(&args)
+}
+
+/// The same, which must succeed; returns stderr (warnings).
+fn set_env(env: &Env, assign: &str) -> String {
+    let (ok, _, err) = set_env_with(env, assign, &[]);
     assert!(ok, "set env {assign}: {err}");
     err
+}
+
+/// `kubectl -n kube-system patch configmap calico-config` of `kind`
+/// (`merge`, `json`) with `patch` and `extra` flags; (ok, stdout, stderr).
+fn patch_config_map(env: &Env, kind: &str, patch: &str, extra: &[&str]) -> (bool, String, String) {
+    let kind = format!("--type={kind}");
+    let mut args = vec![
+        "-n",
+        "kube-system",
+        "patch",
+        "configmap",
+        "calico-config",
+        &kind,
+        "-p",
+        patch,
+    ];
+    args.extend_from_slice(extra);
+    env.kubectl_raw(&args)
 }
 
 fn template(obj: &Value) -> Value {
@@ -124,19 +149,11 @@ fn pool_modes_and_switches_split_over_updates_are_held() {
     );
 
     // calico_backend from the ConfigMap (bird) replaced by a literal none.
-    let (ok, out, err) = env.kubectl_raw(&[
-        "-n",
-        "kube-system",
-        "set",
-        "env",
-        "daemonset/calico-node",
-        "-c",
-        "calico-node",
+    let (ok, out, err) = set_env_with(
+        &env,
         "CALICO_NETWORKING_BACKEND=none",
-        "--dry-run=server",
-        "-o",
-        "json",
-    ]);
+        &["--dry-run=server", "-o", "json"],
+    );
     assert!(ok, "{err}");
     assert!(err.contains("overlay switch held"), "{err}");
     let got: Value = serde_json::from_str(&out).unwrap();
@@ -153,28 +170,16 @@ fn pool_modes_and_switches_split_over_updates_are_held() {
     // ConfigMap: calico-node takes CALICO_NETWORKING_BACKEND from the key
     // calico_backend (not optional), so removing the key is held (new
     // calico-node pods could not start; what they would run is unknown) ...
-    let (ok, _, err) = env.kubectl_raw(&[
-        "-n",
-        "kube-system",
-        "patch",
-        "configmap",
-        "calico-config",
-        "--type=json",
-        "-p",
+    let (ok, _, err) = patch_config_map(
+        &env,
+        "json",
         r#"[{"op":"remove","path":"/data/calico_backend"}]"#,
-    ]);
+        &[],
+    );
     assert!(ok && err.contains("overlay switch held"), "{err}");
     // ... and so is lowering it.
-    let (ok, _, err) = env.kubectl_raw(&[
-        "-n",
-        "kube-system",
-        "patch",
-        "configmap",
-        "calico-config",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"calico_backend":"none"}}"#,
-    ]);
+    let (ok, _, err) =
+        patch_config_map(&env, "merge", r#"{"data":{"calico_backend":"none"}}"#, &[]);
     assert!(ok && err.contains("overlay switch held"), "{err}");
     assert_eq!(
         env.get(
@@ -386,16 +391,8 @@ fn a_config_map_key_that_calico_node_reads_is_guarded_like_the_setting_itself() 
         false,
     );
     // calico-node takes its IPIP mode from a key of calico-config.
-    env.kubectl(&[
-        "-n",
-        "kube-system",
-        "patch",
-        "configmap",
-        "calico-config",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"ipip_mode":"Always"}}"#,
-    ]);
+    let (ok, _, err) = patch_config_map(&env, "merge", r#"{"data":{"ipip_mode":"Always"}}"#, &[]);
+    assert!(ok, "{err}");
     env.kubectl(&[
         "-n",
         "kube-system",
@@ -407,21 +404,8 @@ fn a_config_map_key_that_calico_node_reads_is_guarded_like_the_setting_itself() 
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"calico-node","env":[{"name":"CALICO_IPV4POOL_IPIP","value":null,"valueFrom":{"configMapKeyRef":{"name":"calico-config","key":"ipip_mode"}}}]}]}}}}"#,
     ]);
     env.set_guard(true);
-    let patch = |data: &str| {
-        env.kubectl_raw(&[
-            "-n",
-            "kube-system",
-            "patch",
-            "configmap",
-            "calico-config",
-            "--type=merge",
-            "-p",
-            data,
-            "--dry-run=server",
-            "-o",
-            "json",
-        ])
-    };
+    let patch =
+        |data: &str| patch_config_map(&env, "merge", data, &["--dry-run=server", "-o", "json"]);
     // Lowering that key is held (once the server has seen the DaemonSet).
     let (out, err) = eventually("ConfigMap key switch held", Duration::from_secs(10), || {
         let (ok, out, err) = patch(r#"{"data":{"ipip_mode":"Never"}}"#);

@@ -198,6 +198,20 @@ fn apply_op(live: &Value, op: &Op) -> Value {
     ds(&env, &image, &annotations)
 }
 
+/// What an update from `live` to `new` asks for, variable by variable,
+/// laid over what was asked for before.
+fn asked_for(wanted: &mut Env, live: &Value, new: &Value) {
+    let (before, after) = (env_of(live), env_of(new));
+    for n in VARS {
+        if before.get(n) != after.get(n) {
+            match after.get(n) {
+                Some(v) => wanted.insert(n.to_string(), v.clone()),
+                None => wanted.remove(n),
+            };
+        }
+    }
+}
+
 /// The live object as the release would leave it.
 fn effective(live: &Value) -> Value {
     match Record::read(live).unwrap() {
@@ -235,15 +249,7 @@ proptest! {
                 continue; // refused: nothing changes
             };
             // The operator's changes, as this update expressed them.
-            let (before, after) = (env_of(&live), env_of(&new));
-            for n in VARS {
-                if before.get(n) != after.get(n) {
-                    match after.get(n) {
-                        Some(v) => { wanted_env.insert(n.to_string(), v.clone()); }
-                        None => { wanted_env.remove(n); }
-                    }
-                }
-            }
+            asked_for(&mut wanted_env, &live, &new);
             if image_of(&live) != image_of(&new) {
                 wanted_image = image_of(&new);
             }
@@ -267,15 +273,7 @@ proptest! {
                 .ok().flatten().is_some();
             if is_switch {
                 prop_assert!(Record::read(&stored).unwrap().is_none(), "passed, record cleared");
-                let (before, after) = (env_of(&live), env_of(&new));
-                for n in VARS {
-                    if before.get(n) != after.get(n) {
-                        match after.get(n) {
-                            Some(v) => { wanted_env.insert(n.to_string(), v.clone()); }
-                            None => { wanted_env.remove(n); }
-                        }
-                    }
-                }
+                asked_for(&mut wanted_env, &live, &new);
                 prop_assert_eq!(env_of(&stored), wanted_env);
             }
         }
