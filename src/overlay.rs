@@ -559,13 +559,45 @@ pub fn read_container(container: Option<&Value>, config_map: KnownConfigMap<'_>)
             field(var),
         )
     };
+    // Felix matches its variables' names case-insensitively
+    // (`felix/config/env_var_loader.go` lowercases them) and keeps whichever
+    // spelling its environment lists last, an order the kubelet does not
+    // fix: spellings that disagree leave the setting unknown.
     let felix = |var: &'static str| {
-        from_env(
-            env.get(var),
-            FelixFlag::FollowPools,
-            values::felix_flag,
-            field(var),
-        )
+        let read = |name: &str, value: EnvValue| {
+            let name = name.to_string();
+            from_env(
+                value,
+                FelixFlag::FollowPools,
+                values::felix_flag,
+                move || format!("container {name:?} env {name}"),
+            )
+        };
+        let canonical = read(var, env.get(var));
+        // Felix skips an empty value, so only set spellings compete.
+        let set: Vec<(String, Eff<FelixFlag>)> =
+            std::iter::once((var.to_string(), canonical.clone()))
+                .chain(
+                    env.case_variants(var)
+                        .into_iter()
+                        .map(|(n, v)| (n.clone(), read(&n, v))),
+                )
+                .filter(|(_, e)| !matches!(e, Eff::Unset(_)))
+                .collect();
+        match set.as_slice() {
+            [] => canonical,
+            [(_, only)] => only.clone(),
+            [(first, a), rest @ ..] => match rest
+                .iter()
+                .find(|(_, b)| b.known().is_none() || b.known() != a.known())
+            {
+                None if a.known().is_some() => a.clone(),
+                found => Eff::Unknown(format!(
+                    "{first} is also set as {}; Felix reads either, whichever its environment lists last",
+                    found.map_or(first.as_str(), |(n, _)| n.as_str())
+                )),
+            },
+        }
     };
     OverlayConfig {
         ipip: Some(pool(ENV_IPIP)),
@@ -2212,5 +2244,65 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod felix_spelling_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ds(env: Value) -> Value {
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "calico-node", "env": env}]}}}})
+    }
+
+    fn felix_ipip(env: Value) -> Eff<FelixFlag> {
+        read(CalicoKind::DaemonSet, &ds(env), Context::NONE)
+            .felix_ipip
+            .unwrap()
+    }
+
+    #[test]
+    fn felix_reads_its_variables_in_any_case() {
+        // A lowercase spelling alone is what Felix reads.
+        assert_eq!(
+            felix_ipip(json!([{"name": "felix_ipinipenabled", "value": "false"}])),
+            Eff::Set(FelixFlag::Off)
+        );
+        // Spellings that agree, or an empty one (Felix skips it): read.
+        assert_eq!(
+            felix_ipip(json!([
+                {"name": "FELIX_IPINIPENABLED", "value": "true"},
+                {"name": "Felix_IpInIpEnabled", "value": "yes"},
+                {"name": "felix_ipinipenabled", "value": ""}
+            ])),
+            Eff::Set(FelixFlag::On)
+        );
+        // Spellings that disagree: Felix takes whichever comes last in an
+        // environment the kubelet does not order, so it is unknown ...
+        assert!(matches!(
+            felix_ipip(json!([
+                {"name": "FELIX_IPINIPENABLED", "value": "true"},
+                {"name": "felix_ipinipenabled", "value": "false"}
+            ])),
+            Eff::Unknown(w) if w.contains("felix_ipinipenabled")
+        ));
+        // ... and adding such a spelling lowers a true Felix flag.
+        let old = ds(json!([{"name": "FELIX_IPINIPENABLED", "value": "true"}]));
+        let new = ds(json!([
+            {"name": "FELIX_IPINIPENABLED", "value": "true"},
+            {"name": "felix_IpInIpEnabled", "value": "false"}
+        ]));
+        let s = detect_switch(CalicoKind::DaemonSet, &old, &new, Context::NONE)
+            .unwrap()
+            .expect("a switch");
+        assert_eq!(s.reductions[0].setting, Setting::FelixIpip);
+        // Pool and backend variables are read by their exact names.
+        let c = read(
+            CalicoKind::DaemonSet,
+            &ds(json!([{"name": "calico_ipv4pool_ipip", "value": "Always"}])),
+            Context::NONE,
+        );
+        assert_eq!(c.ipip, Some(Eff::Unset(Encapsulation::Never)));
     }
 }

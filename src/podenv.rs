@@ -94,6 +94,19 @@ impl Environment {
         }
     }
 
+    /// The other names that equal `name` but for ASCII case, with their
+    /// values, sorted (Felix reads its variables case-insensitively).
+    pub fn case_variants(&self, name: &str) -> Vec<(String, EnvValue)> {
+        let mut out: Vec<(String, EnvValue)> = self
+            .vars
+            .keys()
+            .filter(|k| k.as_str() != name && k.eq_ignore_ascii_case(name))
+            .map(|k| (k.clone(), self.get(k)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The opaque `envFrom` sources, in words that differ whenever the
     /// sources differ (all of them, in order, with their prefixes).
     fn opaque_words(&self) -> String {
