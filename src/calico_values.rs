@@ -172,6 +172,19 @@ pub fn felix_flag(s: &str) -> Parsed<FelixFlag> {
     }
 }
 
+/// calico-node's legacy `CALICO_NETWORKING`: when set (non-empty), its
+/// `rc.local` overrides `CALICO_NETWORKING_BACKEND` with `none` for exactly
+/// `false` and `bird` for anything else.
+pub const ENV_LEGACY_NETWORKING: &str = "CALICO_NETWORKING";
+
+pub fn legacy_networking(s: &str) -> Backend {
+    if s == "false" {
+        Backend::None
+    } else {
+        Backend::Bird
+    }
+}
+
 /// What calico-node runs when `CALICO_NETWORKING_BACKEND` is unset.
 pub const BACKEND_DEFAULT: Backend = Backend::Bird;
 pub const BACKENDS: &str = "a string (none, vxlan; anything else means bird)";

@@ -604,12 +604,17 @@ pub fn read_container(container: Option<&Value>, config_map: KnownConfigMap<'_>)
         vxlan: Some(pool(ENV_VXLAN)),
         felix_ipip: Some(felix(ENV_FELIX_IPIP)),
         felix_vxlan: Some(felix(ENV_FELIX_VXLAN)),
-        backend: Some(from_env(
-            env.get(ENV_BACKEND),
-            values::BACKEND_DEFAULT,
-            |s| Parsed::Set(values::backend(s)),
-            field(ENV_BACKEND),
-        )),
+        backend: Some(match env.get_stated(values::ENV_LEGACY_NETWORKING) {
+            // The legacy variable, when stated, decides (rc.local).
+            EnvValue::Text(t) if !t.is_empty() => Eff::Set(values::legacy_networking(&t)),
+            EnvValue::Unknown(w) => Eff::Unknown(format!("CALICO_NETWORKING {w}")),
+            _ => from_env(
+                env.get(ENV_BACKEND),
+                values::BACKEND_DEFAULT,
+                |s| Parsed::Set(values::backend(s)),
+                field(ENV_BACKEND),
+            ),
+        }),
     }
 }
 
@@ -2263,7 +2268,7 @@ mod felix_spelling_tests {
     }
 
     #[test]
-    fn felix_reads_its_variables_in_any_case() {
+    fn felix_reads_its_variables_in_any_case_and_the_legacy_backend_variable_counts() {
         // A lowercase spelling alone is what Felix reads.
         assert_eq!(
             felix_ipip(json!([{"name": "felix_ipinipenabled", "value": "false"}])),
@@ -2297,6 +2302,39 @@ mod felix_spelling_tests {
             .unwrap()
             .expect("a switch");
         assert_eq!(s.reductions[0].setting, Setting::FelixIpip);
+        // The legacy CALICO_NETWORKING=false turns the backend off, whatever
+        // CALICO_NETWORKING_BACKEND says (calico-node's rc.local).
+        let backend = |env: Value| {
+            read(CalicoKind::DaemonSet, &ds(env), Context::NONE)
+                .backend
+                .unwrap()
+        };
+        let bird = json!({"name": "CALICO_NETWORKING_BACKEND", "value": "bird"});
+        assert_eq!(backend(json!([bird.clone()])), Eff::Set(Backend::Bird));
+        assert_eq!(
+            backend(json!([bird.clone(), {"name": "CALICO_NETWORKING", "value": "false"}])),
+            Eff::Set(Backend::None)
+        );
+        assert_eq!(
+            backend(
+                json!([{"name": "CALICO_NETWORKING_BACKEND", "value": "none"}, {"name": "CALICO_NETWORKING", "value": "true"}])
+            ),
+            Eff::Set(Backend::Bird)
+        );
+        assert_eq!(
+            backend(json!([bird.clone(), {"name": "CALICO_NETWORKING", "value": ""}])),
+            Eff::Set(Backend::Bird)
+        );
+        assert!(
+            detect_switch(
+                CalicoKind::DaemonSet,
+                &ds(json!([bird.clone()])),
+                &ds(json!([bird, {"name": "CALICO_NETWORKING", "value": "false"}])),
+                Context::NONE
+            )
+            .unwrap()
+            .is_some()
+        );
         // Pool and backend variables are read by their exact names.
         let c = read(
             CalicoKind::DaemonSet,

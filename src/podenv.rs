@@ -94,6 +94,15 @@ impl Environment {
         }
     }
 
+    /// The value of `name` as set by `env` or a readable `envFrom`; absent
+    /// when only an opaque `envFrom` could set it.
+    pub fn get_stated(&self, name: &str) -> EnvValue {
+        match self.vars.get(name) {
+            None => EnvValue::Absent,
+            Some(_) => self.get(name),
+        }
+    }
+
     /// The other names that equal `name` but for ASCII case, with their
     /// values, sorted (Felix reads its variables case-insensitively).
     pub fn case_variants(&self, name: &str) -> Vec<(String, EnvValue)> {
