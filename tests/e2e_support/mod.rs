@@ -257,24 +257,7 @@ impl Env {
     }
 
     pub fn register_webhook(&self) {
-        let out = Command::new(BIN)
-            .args(["webhook-config", "--mode", "url", "--ca-file"])
-            .arg(self.server.certs.join("ca.crt"))
-            .args([
-                "--url",
-                &format!("https://127.0.0.1:{}/mutate", self.server.port),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.kubectl_in(
-            &["apply", "-f", "-"],
-            &String::from_utf8(out.stdout).unwrap(),
-        );
+        self.kubectl_in(&["apply", "-f", "-"], &webhook_config_for(&self.server));
     }
 
     /// The IPPool CRD, the overlay Calico objects and the given nodes;
@@ -559,9 +542,9 @@ pub fn manifest_service_account_kubeconfig(cp: &ControlPlane, dir: &Path) -> Pat
     kubeconfig_with_token(cp, dir, "webhook", token.trim())
 }
 
-/// Registers `server` as the webhook (replacing any earlier registration)
-/// and waits until the API server calls it.
-pub fn register_webhook_at(cp: &ControlPlane, server: &Server) {
+/// The URL-based MutatingWebhookConfiguration for `server`, rendered by
+/// `webhook-config` with its CA.
+pub fn webhook_config_for(server: &Server) -> String {
     let out = Command::new(BIN)
         .args(["webhook-config", "--mode", "url", "--ca-file"])
         .arg(server.certs.join("ca.crt"))
@@ -576,11 +559,14 @@ pub fn register_webhook_at(cp: &ControlPlane, server: &Server) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    cp.kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&String::from_utf8(out.stdout).unwrap()),
-    )
-    .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Registers `server` as the webhook (replacing any earlier registration)
+/// and waits until the API server calls it.
+pub fn register_webhook_at(cp: &ControlPlane, server: &Server) {
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(&webhook_config_for(server)))
+        .unwrap();
     let reviews = || {
         server.metric(
             "overlay_switch_admission_reviews_total{kind=\"ConfigMap\",decision=\"Allowed\",dry_run=\"true\"}",
