@@ -111,7 +111,19 @@ fn merge_named(base: &[Value], ours: &[Value], theirs: &[Value], key: &str) -> V
     } else {
         (ours, theirs)
     };
-    let merged = |n: &String| merge_opt(b.get(n), o.get(n), t.get(n));
+    let merged = |n: &String| {
+        let (bv, ov, tv) = (b.get(n), o.get(n), t.get(n));
+        // An env var is one value: `value` and `valueFrom` are exclusive, so
+        // one changed on both sides is taken whole from the later side (a
+        // field-by-field merge could build an item the API server refuses).
+        let env_var = |v: Option<&Value>| {
+            v.is_some_and(|v| v.get("value").is_some() || v.get("valueFrom").is_some())
+        };
+        if env_var(ov) && env_var(tv) && ov != bv && tv != bv && ov != tv {
+            return tv.cloned();
+        }
+        merge_opt(bv, ov, tv)
+    };
     let mut out: Vec<Value> = Vec::new();
     for item in first {
         if let Some(v) = merged(&name(item)) {
@@ -222,6 +234,15 @@ mod tests {
             ("B", "b"),
         ]);
         assert_eq!(merge3(&held, &desired, &hybrid), desired);
+    }
+
+    #[test]
+    fn an_env_var_changed_on_both_sides_is_taken_whole_from_the_update() {
+        let base = json!([{"name": "IPIP", "value": "Always"}]);
+        let ours =
+            json!([{"name": "IPIP", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]);
+        let theirs = json!([{"name": "IPIP", "value": "CrossSubnet"}]);
+        assert_eq!(merge3(&base, &ours, &theirs), theirs);
     }
 
     #[test]
