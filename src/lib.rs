@@ -17,6 +17,7 @@ pub mod hold;
 pub mod last_seen;
 pub mod merge;
 pub mod metrics;
+pub mod node_status;
 pub mod overlay;
 pub mod podenv;
 pub mod release;
