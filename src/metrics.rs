@@ -219,6 +219,16 @@ impl Metrics {
             "Writes of a node's NetworkUnavailable condition by calico-node's user that were not applied (the route controller's condition kept, or a True write onto a node without the condition dropped), by the reason the write carried",
             m.node_conditions_kept.clone(),
         );
+        // Every label of the fixed set from the start, at 0: /metrics then
+        // shows the counter (and `status` can tell "none kept" from "not
+        // this server").
+        for reason in [
+            KeptReason::CalicoIsUp,
+            KeptReason::CalicoIsDown,
+            KeptReason::Other,
+        ] {
+            let _ = m.node_conditions_kept.get_or_create(&KeptLabels { reason });
+        }
         m
     }
 

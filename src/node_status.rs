@@ -373,7 +373,7 @@ impl NodeStatusGuard {
             return (allow, outcome);
         }
         // Defense in depth: the registration sends only these users.
-        if !self.users.iter().any(|u| *u == user) {
+        if !self.users.contains(&user) {
             outcome.why = "not calico-node's user".into();
             return (allow, outcome);
         }
@@ -492,7 +492,8 @@ mod tests {
     fn merge_table() {
         use Expect::*;
         let none: Option<(&str, &str)> = None;
-        let cases: Vec<(&str, Option<(&str, &str)>, Option<(&str, &str)>, Expect)> = vec![
+        type Cond<'a> = Option<(&'a str, &'a str)>;
+        let cases: Vec<(&str, Cond, Cond, Expect)> = vec![
             // old absent
             ("absent -> absent", none, none, Pass),
             (
