@@ -6,6 +6,10 @@
 //! [`gate`] (route state + toggle, pure) -> [`hold`] patch (pure) -> response,
 //! composed in [`webhook`]. I/O lives at the edges: [`server`] and [`serve`],
 //! the watches ([`watch`] feeding [`routes`], [`toggle`], [`held`]).
+//!
+//! calico-node's updates of `nodes/status` take a path of their own:
+//! [`server`] -> [`node_status`] (pure merge of the NetworkUnavailable
+//! condition) -> response; [`fix_conditions`] and [`scrape`] serve `status`.
 
 pub mod admission;
 pub mod calico_values;
