@@ -4,7 +4,8 @@
 #   demo  start a local control plane (etcd + kube-apiserver), the webhook and
 #         its registration; create three nodes and the overlay Calico objects;
 #         turn the guard on; show a held switch, the routes arriving one by one,
-#         and the switch going through by itself; then clean up.
+#         and the switch going through by itself; then calico-node restarting
+#         on a node without overwriting its route condition; then clean up.
 #   up    the same environment, left running; prints `export KUBECONFIG=...`.
 #   down  stops what `up` started.
 #
@@ -16,6 +17,7 @@ dev="$root/.dev"
 bin="$root/target/debug/overlay-switch-webhook"
 fixtures="$root/tests/fixtures/gardener-calico"
 GUARD=calico.networking.extensions.gardener.cloud/seamless-overlay-switch
+CALICO_NODE=system:serviceaccount:kube-system:calico-node
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '\033[36m$ %s\033[0m\n' "$*"; }
@@ -176,6 +178,34 @@ demo() {
 
   bold "The same apply now goes straight through"
   kc apply --dry-run=server -f "$fixtures/native/daemonset-calico-node.yaml"
+
+  bold "calico-node restarts with the new template: its NetworkUnavailable writes leave the route condition alone"
+  # calico-node's own ClusterRole lets it patch nodes/status (kubectl also gets it first).
+  kc apply -f - >/dev/null <<RBAC
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: demo-calico-node-status}
+rules:
+- {apiGroups: [""], resources: [nodes/status], verbs: [get, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: demo-calico-node-status}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: demo-calico-node-status}
+subjects:
+- {kind: ServiceAccount, name: calico-node, namespace: kube-system}
+RBAC
+  local now; now="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  for w in "True CalicoIsDown Calico is shutting down on this node" "False CalicoIsUp Calico is running on this node"; do
+    read -r status reason message <<<"$w"
+    say "kubectl patch node node-a --subresource=status --as=$CALICO_NODE  # NetworkUnavailable=$status ($reason), as calico-node writes it"
+    kc patch node node-a --subresource=status --type=strategic --as="$CALICO_NODE" -p \
+      "{\"status\":{\"conditions\":[{\"type\":\"NetworkUnavailable\",\"status\":\"$status\",\"reason\":\"$reason\",\"message\":\"$message\",\"lastTransitionTime\":\"$now\",\"lastHeartbeatTime\":\"$now\"}]}}" 2>&1
+  done
+  kc get nodes -o custom-columns='NODE:.metadata.name,STATUS:.status.conditions[?(@.type=="NetworkUnavailable")].status,REASON:.status.conditions[?(@.type=="NetworkUnavailable")].reason'
+  say "overlay-switch-webhook status --metrics-url http://127.0.0.1:$(cat "$dev/metrics_port")/metrics | grep 'calico writes'"
+  KUBECONFIG="$dev/kubeconfig" "$bin" status --settle-time "${SETTLE_TIME:-3s}" \
+    --metrics-url "http://127.0.0.1:$(cat "$dev/metrics_port")/metrics" | grep 'calico writes' || true
   bold "Cleaning up"
 }
 

@@ -51,9 +51,20 @@ enum Command {
         /// The CA certificate (PEM) that signed the serving certificate.
         #[arg(long, default_value = "certs/out/ca.crt")]
         ca_file: PathBuf,
-        /// With --mode url: the URL the API server calls.
+        /// With --mode url: the URL the API server calls for the Calico
+        /// objects; node status goes to the same URL with its last path
+        /// segment replaced (`.../mutate` -> `.../mutate-node-status`).
         #[arg(long)]
         url: Option<String>,
+        /// A user whose updates of node status are sent to the webhook
+        /// (repeatable; the same list as `serve --calico-node-user`).
+        #[arg(
+            long = "calico-node-user",
+            value_name = "USER",
+            default_value = overlay_switch_webhook::node_status::DEFAULT_CALICO_NODE_USER,
+            value_parser = webhook_config::parse_user,
+        )]
+        calico_node_users: Vec<String>,
     },
 }
 
@@ -129,10 +140,18 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             );
             println!("{}", bundle.ca_bundle());
         }
-        Command::WebhookConfig { mode, ca_file, url } => {
+        Command::WebhookConfig {
+            mode,
+            ca_file,
+            url,
+            calico_node_users,
+        } => {
             let ca = std::fs::read_to_string(&ca_file)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", ca_file.display()))?;
-            print!("{}", webhook_config::render(mode, &ca, url.as_deref())?);
+            print!(
+                "{}",
+                webhook_config::render(mode, &ca, url.as_deref(), &calico_node_users)?
+            );
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -80,6 +80,38 @@ pub struct FailureLabels {
     pub class: FailureClass,
 }
 
+/// The reason of a calico-node write of `NetworkUnavailable` that was not
+/// applied (a fixed set: never a value taken from a request).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum KeptReason {
+    /// calico-node's start-up write (`False`).
+    CalicoIsUp,
+    /// calico-node's shutdown write, or calico-kube-controllers' (`True`).
+    CalicoIsDown,
+    /// Any other reason, none, or the condition removed.
+    Other,
+}
+
+impl KeptReason {
+    /// The label for the reason a write carried.
+    pub fn of(reason: Option<&str>) -> Self {
+        match reason {
+            Some("CalicoIsUp") => KeptReason::CalicoIsUp,
+            Some("CalicoIsDown") => KeptReason::CalicoIsDown,
+            _ => KeptReason::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeptLabels {
+    pub reason: KeptReason,
+}
+
+/// Name of the kept-conditions counter as `/metrics` shows it (`status`
+/// reads it from there).
+pub const NODE_CONDITIONS_KEPT: &str = "overlay_switch_node_conditions_kept_total";
+
 fn latency_histogram() -> Histogram {
     // 50µs .. ~1.6s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -105,6 +137,7 @@ pub struct Metrics {
     pub release_failures: Family<FailureLabels, Counter>,
     pub release_lease_holder: Gauge,
     pub release_delay_seconds: Histogram,
+    pub node_conditions_kept: Family<KeptLabels, Counter>,
 }
 
 impl Metrics {
@@ -122,6 +155,7 @@ impl Metrics {
             release_failures: Family::default(),
             release_lease_holder: Gauge::default(),
             release_delay_seconds: release_histogram(),
+            node_conditions_kept: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("overlay_switch");
         r.register(
@@ -180,7 +214,31 @@ impl Metrics {
             "Time from the gate opening to a held switch being applied",
             m.release_delay_seconds.clone(),
         );
+        r.register(
+            "node_conditions_kept",
+            "Writes of a node's NetworkUnavailable condition by calico-node's user that were not applied (the route controller's condition kept, or a True write onto a node without the condition dropped), by the reason the write carried",
+            m.node_conditions_kept.clone(),
+        );
+        // Every label of the fixed set from the start, at 0: /metrics then
+        // shows the counter (and `status` can tell "none kept" from "not
+        // this server").
+        for reason in [
+            KeptReason::CalicoIsUp,
+            KeptReason::CalicoIsDown,
+            KeptReason::Other,
+        ] {
+            let _ = m.node_conditions_kept.get_or_create(&KeptLabels { reason });
+        }
         m
+    }
+
+    /// One calico-node write of `NetworkUnavailable` not applied.
+    pub fn node_condition_kept(&self, written_reason: Option<&str>) {
+        self.node_conditions_kept
+            .get_or_create(&KeptLabels {
+                reason: KeptReason::of(written_reason),
+            })
+            .inc();
     }
 
     pub fn review(&self, kind: &str, decision: Decision, dry_run: bool, seconds: f64) {
@@ -236,5 +294,30 @@ mod tests {
         assert!(
             text.contains("overlay_switch_admission_duration_seconds_count{kind=\"IPPool\"} 1")
         );
+    }
+
+    #[test]
+    fn kept_conditions_are_counted_by_a_fixed_reason() {
+        let (registry, m) = registry();
+        for reason in [
+            Some("CalicoIsUp"),
+            Some("CalicoIsDown"),
+            Some("CalicoIsDown"),
+            Some("calicoisup"),
+            Some("anything a client sends"),
+            None,
+        ] {
+            m.node_condition_kept(reason);
+        }
+        let text = encode(&registry);
+        for line in [
+            r#"overlay_switch_node_conditions_kept_total{reason="CalicoIsUp"} 1"#,
+            r#"overlay_switch_node_conditions_kept_total{reason="CalicoIsDown"} 2"#,
+            r#"overlay_switch_node_conditions_kept_total{reason="Other"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("anything"), "{text}");
+        assert!(text.contains(&format!("{NODE_CONDITIONS_KEPT}{{")));
     }
 }

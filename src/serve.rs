@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::cluster::{Cluster, Settings};
+use crate::node_status::NodeStatusGuard;
 use crate::release::lease::{self, ReleaseLease};
 use crate::release::{Events, HELD_EVENT_INTERVAL, Releaser};
 use crate::server::{self, AppState};
@@ -56,6 +57,19 @@ pub struct ServeArgs {
     /// Another replica takes over this long after the holder stopped renewing it.
     #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     pub release_lease_duration: Duration,
+    /// A user whose updates of a node's status may not overwrite the route
+    /// controller's NetworkUnavailable condition (repeatable; the same list
+    /// as `webhook-config --calico-node-user`, whose registration sends only
+    /// these users' updates here). Add
+    /// `system:serviceaccount:kube-system:calico-kube-controllers` for
+    /// Calico versions whose kube-controllers set `CalicoIsDown` too.
+    #[arg(
+        long = "calico-node-user",
+        value_name = "USER",
+        default_value = crate::node_status::DEFAULT_CALICO_NODE_USER,
+        value_parser = crate::webhook_config::parse_user,
+    )]
+    pub calico_node_users: Vec<String>,
     /// Name of this replica, for events (the Deployment sets it from the pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -167,7 +181,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     });
 
-    let state = AppState::new(cluster.clone(), Some(on_outcome));
+    let state = AppState::with_node_status(
+        cluster.clone(),
+        Some(on_outcome),
+        NodeStatusGuard::new(args.calico_node_users.clone()),
+    );
     let mut release_lease = None;
     if args.release {
         let lease = Arc::new(ReleaseLease::new(
@@ -201,6 +219,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin = %admin.local_addr()?,
         namespace = %args.cluster.calico_namespace,
         settle = ?args.cluster.settle_time,
+        calico_node_users = ?args.calico_node_users,
         "serving"
     );
 

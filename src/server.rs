@@ -21,27 +21,47 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, MAX_BODY_BYTES};
 use crate::metrics::Metrics;
+use crate::node_status::NodeStatusGuard;
 use crate::webhook::{Outcome, Webhook};
+
+/// Where the API server sends reviews of the Calico objects.
+pub const MUTATE_PATH: &str = "/mutate";
+/// Where it sends updates of `nodes/status` by calico-node's user (a path
+/// of its own, so that neither pipeline ever sees the other's reviews).
+pub const NODE_STATUS_PATH: &str = "/mutate-node-status";
 
 /// Called with every outcome that is not a dry run (events, release hints).
 pub type OutcomeHook = Arc<dyn Fn(&Outcome) + Send + Sync>;
 
 pub struct AppState {
     pub webhook: Webhook,
+    /// Keeps the route controller's NetworkUnavailable condition.
+    pub node_status: NodeStatusGuard,
     pub registry: Registry,
     pub shutting_down: AtomicBool,
     pub on_outcome: Option<OutcomeHook>,
 }
 
 impl AppState {
-    /// A server state for one cluster, with a fresh metrics registry.
+    /// A server state for one cluster, with a fresh metrics registry (and
+    /// calico-node's default user).
     pub fn new(
         cluster: Arc<crate::cluster::Cluster>,
         on_outcome: Option<OutcomeHook>,
     ) -> Arc<Self> {
+        Self::with_node_status(cluster, on_outcome, NodeStatusGuard::default())
+    }
+
+    /// As [`AppState::new`], with the users whose node status writes are judged.
+    pub fn with_node_status(
+        cluster: Arc<crate::cluster::Cluster>,
+        on_outcome: Option<OutcomeHook>,
+        node_status: NodeStatusGuard,
+    ) -> Arc<Self> {
         let (registry, metrics) = crate::metrics::registry();
         Arc::new(Self {
             webhook: Webhook { cluster, metrics },
+            node_status,
             registry,
             shutting_down: AtomicBool::new(false),
             on_outcome,
@@ -100,26 +120,33 @@ fn bad_request(message: &str) -> Response {
         .into_response()
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
+/// The body of a review, or the response refusing it.
+async fn review_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !content_type.starts_with("application/json") {
         tracing::warn!(content_type, "review refused: wrong content type");
-        return bad_request(&format!(
+        return Err(bad_request(&format!(
             "content type must be application/json, got {content_type:?}"
-        ));
+        )));
     }
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(e) => {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
             tracing::warn!(error = %e, "review refused: body unreadable or over the limit");
-            return bad_request(&format!(
+            bad_request(&format!(
                 "cannot read the request body (limit {MAX_BODY_BYTES} bytes): {e}"
-            ));
-        }
+            ))
+        })
+}
+
+async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let bytes = match review_body(&headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let (body, outcome) = state.webhook.review(&bytes);
     let elapsed = started.elapsed();
@@ -139,6 +166,53 @@ async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         && let Some(hook) = &state.on_outcome
     {
         hook(&outcome);
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// Updates of `nodes/status` by calico-node's user: always admitted, with a
+/// patch that keeps the route controller's NetworkUnavailable condition
+/// while the guard is on (`crate::node_status`).
+async fn mutate_node_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let bytes = match review_body(&headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let (body, o) =
+        state
+            .node_status
+            .review(&state.webhook.cluster, &state.webhook.metrics, &bytes);
+    let duration_us = started.elapsed().as_micros() as u64;
+    if o.is_kept() {
+        // One line per kept condition; never an Event (calico-node writes on
+        // every start and stop of every node).
+        let (written, kept) = (o.written.clone().unwrap_or_default(), o.kept.clone());
+        tracing::debug!(
+            uid = %o.uid,
+            node = %o.node,
+            user = %o.user,
+            dry_run = o.dry_run,
+            verdict = o.verdict,
+            written_status = written.status.as_deref().unwrap_or(""),
+            written_reason = written.reason.as_deref().unwrap_or(""),
+            kept = ?kept,
+            duration_us,
+            "NetworkUnavailable write not applied"
+        );
+    } else if matches!(o.verdict, "unreadable" | "malformed") {
+        tracing::warn!(uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, "node status review passed unchanged");
+    } else {
+        tracing::debug!(uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, duration_us, "node status review");
     }
     (
         StatusCode::OK,
@@ -174,7 +248,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 pub fn webhook_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/mutate", post(mutate))
+        .route(MUTATE_PATH, post(mutate))
+        .route(NODE_STATUS_PATH, post(mutate_node_status))
         .with_state(state)
 }
 

@@ -15,6 +15,7 @@ use crate::held::{CalicoKindName, ObjectKey};
 use crate::hold::{self, Record};
 use crate::release::api;
 use crate::routes::{Blocker, NodeRoute, RouteCache, RouteNode};
+use crate::scrape::KeptCount;
 use crate::toggle::Toggle;
 use crate::watch::Store as _;
 
@@ -26,6 +27,21 @@ pub struct StatusArgs {
     pub cluster: crate::serve::ClusterArgs,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
+    /// The server's /metrics (plain HTTP), to show how many calico-node
+    /// writes of NetworkUnavailable it kept since its start; repeatable, one
+    /// per replica (summed). Without it that count shows as unknown.
+    #[arg(long = "metrics-url", value_name = "URL")]
+    pub metrics_urls: Vec<String>,
+    /// Instead of the status: list the nodes whose NetworkUnavailable
+    /// condition Calico wrote (CalicoIsUp, CalicoIsDown), so that they can
+    /// be removed and the route controller writes its own. Dry unless
+    /// --apply. Exit code 0: none (or all removed); 1: some listed; 2: error.
+    #[arg(long)]
+    pub fix_conditions: bool,
+    /// With --fix-conditions: remove them (a JSON patch of nodes/status
+    /// that tests each condition first). Needs `patch` on `nodes/status`.
+    #[arg(long, requires = "fix_conditions")]
+    pub apply: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +62,9 @@ pub struct Status {
     pub gate_open: bool,
     pub gate_reason: Option<String>,
     pub held: Vec<HeldStatus>,
+    /// calico-node writes of NetworkUnavailable the server did not apply,
+    /// read from its /metrics (`--metrics-url`).
+    pub calico_writes_kept: KeptCount,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,6 +190,7 @@ pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Resu
             Gate::Closed(w) => Some(w),
         },
         held,
+        calico_writes_kept: KeptCount::default(),
     })
 }
 
@@ -215,8 +235,12 @@ pub fn render_text(s: &Status) -> String {
         }
     ));
     out.push_str(&format!(
-        "nodes:  {} of {} with route\n\n",
+        "nodes:  {} of {} with route\n",
         s.nodes_with_route, s.nodes_total
+    ));
+    out.push_str(&format!(
+        "calico writes kept: {}\n\n",
+        s.calico_writes_kept.describe()
     ));
     let w = s
         .nodes
@@ -280,8 +304,17 @@ pub fn render_text(s: &Status) -> String {
 /// Runs the command; returns the exit code.
 pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
     let client = crate::serve::client(args.kubeconfig.as_deref()).await?;
+    if args.fix_conditions {
+        let report = crate::fix_conditions::run(&client, args.apply).await?;
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Output::Text => print!("{}", crate::fix_conditions::render_text(&report)),
+        }
+        return Ok(crate::fix_conditions::exit_code(&report));
+    }
     let settings = args.cluster.settings();
-    let status = collect(&client, &settings).await?;
+    let mut status = collect(&client, &settings).await?;
+    status.calico_writes_kept = crate::scrape::kept(&args.metrics_urls).await;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         Output::Text => print!("{}", render_text(&status)),
@@ -364,6 +397,12 @@ mod tests {
                 reason: "2 of 3 nodes have no route yet".into(),
                 conflict: None,
             }],
+            calico_writes_kept: KeptCount {
+                total: Some(2),
+                by_reason: [("CalicoIsUp".into(), 2)].into(),
+                sources: vec!["http://127.0.0.1:8080/metrics".into()],
+                error: None,
+            },
         };
         let text = render_text(&s);
         let row = |name: &str| {
@@ -399,9 +438,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gate:   closed: 2 of 3 nodes have no route yet"));
+        assert!(
+            text.contains("calico writes kept: 2 since start (CalicoIsUp 2)\n"),
+            "{text}"
+        );
         assert!(text.contains("IPPool default-ipv4-ippool  since 2026-11-26T10:00:00Z"));
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["nodes"][2]["conditionStatus"], "True");
         assert_eq!(json["nodes"][1]["conditionStatus"], serde_json::Value::Null);
+        assert_eq!(json["calicoWritesKept"]["total"], 2);
     }
 }

@@ -740,3 +740,148 @@ impl Env {
         out
     }
 }
+
+// --- Node status: calico-node's writes of NetworkUnavailable ---
+
+/// calico-node's user (its ServiceAccount in kube-system).
+pub const CALICO_NODE_USER: &str = "system:serviceaccount:kube-system:calico-node";
+
+/// The NetworkUnavailable condition calico-node writes: at start
+/// (`False`, `CalicoIsUp`) and from its shutdown hook (`True`,
+/// `CalicoIsDown`), as in projectcalico/calico
+/// node/pkg/lifecycle/utils/utils.go (SetNodeNetworkUnavailableCondition).
+pub fn calico_condition(status: &str, reason: &str) -> String {
+    let message = if status == "True" {
+        "Calico is shutting down on this node"
+    } else {
+        "Calico is running on this node"
+    };
+    format!(
+        r#"{{"type":"NetworkUnavailable","status":"{status}","reason":"{reason}","message":"{message}","lastTransitionTime":"2026-06-01T00:00:00Z","lastHeartbeatTime":"2026-06-01T00:00:00Z"}}"#
+    )
+}
+
+impl Env {
+    /// A ClusterRole `name` that may get, patch and update nodes/status (as
+    /// calico-node's own ClusterRole may), bound to each of `users`
+    /// (`system:serviceaccount:<ns>:<name>`).
+    pub fn grant_node_status(&self, name: &str, users: &[&str]) {
+        let subjects: String = users
+            .iter()
+            .map(|u| {
+                let mut parts = u.split(':').skip(2);
+                let (ns, sa) = (parts.next().unwrap(), parts.next().unwrap());
+                format!("- kind: ServiceAccount\n  name: {sa}\n  namespace: {ns}\n")
+            })
+            .collect();
+        let yaml = format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {name}\nrules:\n\
+             - apiGroups: [\"\"]\n  resources: [\"nodes\"]\n  verbs: [get, list, watch]\n\
+             - apiGroups: [\"\"]\n  resources: [\"nodes/status\"]\n  verbs: [get, patch, update]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {name}\n\
+             roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {name}\n\
+             subjects:\n{subjects}"
+        );
+        self.kubectl_in(&["apply", "-f", "-"], &yaml);
+    }
+
+    /// calico-node's write, as calico-node sends it: a strategic merge
+    /// patch of nodes/status with one NetworkUnavailable condition, made as
+    /// `user` (`None`: the admin). Returns (success, stdout, stderr).
+    pub fn network_unavailable_write(
+        &self,
+        node: &str,
+        status: &str,
+        reason: &str,
+        user: Option<&str>,
+        extra: &[&str],
+    ) -> (bool, String, String) {
+        let patch = format!(
+            r#"{{"status":{{"conditions":[{}]}}}}"#,
+            calico_condition(status, reason)
+        );
+        let as_user = user.map(|u| format!("--as={u}"));
+        let mut args = vec![
+            "patch",
+            "node",
+            node,
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            &patch,
+        ];
+        args.extend(as_user.as_deref());
+        args.extend_from_slice(extra);
+        self.kubectl_raw(&args)
+    }
+
+    /// The node's NetworkUnavailable conditions as stored.
+    pub fn network_unavailable(&self, node: &str) -> Vec<serde_json::Value> {
+        network_unavailable_of(&self.get_json(&["node", node]))
+    }
+
+    /// Registers the webhook with `webhook-config --calico-node-user` for
+    /// each of `users` (replacing the registration).
+    pub fn register_webhook_for_users(&self, users: &[&str]) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["webhook-config", "--mode", "url", "--ca-file"])
+            .arg(self.server.certs.join("ca.crt"))
+            .args([
+                "--url",
+                &format!("https://127.0.0.1:{}/mutate", self.server.port),
+            ]);
+        for u in users {
+            cmd.args(["--calico-node-user", u]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.kubectl_in(
+            &["apply", "-f", "-"],
+            &String::from_utf8(out.stdout).unwrap(),
+        );
+    }
+
+    /// Waits until the API server sends `user`'s node status updates to
+    /// the webhook: server-side dry runs of a calico-style write on `node`
+    /// until a Node review arrives (`user` needs nodes/status patch).
+    pub fn wait_node_status_webhook_active(&self, node: &str, user: &str) {
+        eventually(
+            "node status webhook called by the API server",
+            Duration::from_secs(20),
+            || {
+                let before = self.reviews("Node", "Allowed", true);
+                let _ = self.network_unavailable_write(
+                    node,
+                    "False",
+                    "CalicoIsUp",
+                    Some(user),
+                    &["--dry-run=server"],
+                );
+                (self.reviews("Node", "Allowed", true) > before).then_some(())
+            },
+        );
+    }
+
+    /// Kept calico-node writes counted by the server for `reason`
+    /// (`CalicoIsUp`, `CalicoIsDown`, `Other`).
+    pub fn kept(&self, reason: &str) -> f64 {
+        self.server.metric(&format!(
+            "overlay_switch_node_conditions_kept_total{{reason=\"{reason}\"}}"
+        ))
+    }
+}
+
+/// The NetworkUnavailable conditions of a Node's JSON.
+pub fn network_unavailable_of(node: &serde_json::Value) -> Vec<serde_json::Value> {
+    node.pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] == "NetworkUnavailable")
+        .cloned()
+        .collect()
+}
