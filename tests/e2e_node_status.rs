@@ -7,7 +7,7 @@ mod controlplane;
 mod e2e_support;
 
 use std::io::Read as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use e2e_support::*;
@@ -34,18 +34,9 @@ fn pair(status: &str, reason: &str) -> Vec<(String, String)> {
 }
 
 fn status_cmd(env: &Env, extra: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(["--log-format", "text", "status", "--kubeconfig"])
-        .arg(env.cp.kubeconfig())
-        .args(["--settle-time", "0s"])
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut args = vec!["--settle-time", "0s"];
+    args.extend_from_slice(extra);
+    run_status(&["--log-format", "text"], env.cp.kubeconfig(), &args)
 }
 
 fn metrics_url(env: &Env) -> String {
@@ -412,18 +403,9 @@ fn fix_conditions_removes_calicos_conditions_and_a_down_webhook_blocks_no_calico
          subjects:\n- kind: ServiceAccount\n  name: osw-e2e\n  namespace: default\n",
     );
     let run = |extra: &[&str]| {
-        let out = Command::new(BIN)
-            .args(["status", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .arg("--fix-conditions")
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut args = vec!["--fix-conditions"];
+        args.extend_from_slice(extra);
+        run_status(&[], &kubeconfig, &args)
     };
 
     // Dry by default: listed, nothing changed.

@@ -93,17 +93,10 @@ fn events(env: &Env, ns: &str, name: &str) -> String {
 }
 
 fn status(env: &Env, extra: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(BIN)
-        .args(["status", "--kubeconfig"])
-        .arg(env.cp.kubeconfig())
-        .args(["--settle-time", "0s"])
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let mut args = vec!["--settle-time", "0s"];
+    args.extend_from_slice(extra);
+    let (code, out, _) = run_status(&[], env.cp.kubeconfig(), &args);
+    (code, out)
 }
 
 #[test]

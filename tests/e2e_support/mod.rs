@@ -885,3 +885,20 @@ pub fn network_unavailable_of(node: &serde_json::Value) -> Vec<serde_json::Value
         .cloned()
         .collect()
 }
+
+/// Runs `overlay-switch-webhook [global..] status --kubeconfig K [extra..]`;
+/// returns (exit code, stdout, stderr).
+pub fn run_status(global: &[&str], kubeconfig: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(global)
+        .args(["status", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
