@@ -79,8 +79,8 @@ fn realistic_node(i: usize, routed: bool) -> k8s_openapi::api::core::v1::Node {
 /// The route cache's memory and answer time, against keeping whole Node
 /// objects (what a reflector store of Nodes would hold).
 fn route_cache_figures() {
-    use overlay_switch_webhook::routes::RouteCache;
-    use overlay_switch_webhook::watch::Store as _;
+    use overlay_switch_webhook::cluster::routes::RouteCache;
+    use overlay_switch_webhook::cluster::watch::Store as _;
     const N: usize = 5000;
     let nodes: Vec<_> = (0..N).map(|i| realistic_node(i, i % 100 != 0)).collect();
 
@@ -217,7 +217,7 @@ fn main() {
 
 fn feed_blocked_cluster(cluster: &Arc<Cluster>) {
     use k8s_openapi::api::core::v1::{Namespace, Node};
-    use overlay_switch_webhook::watch::Store as _;
+    use overlay_switch_webhook::cluster::watch::Store as _;
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": "kube-system", "annotations": {
         "calico.networking.extensions.gardener.cloud/seamless-overlay-switch": "true"}}}))
@@ -241,9 +241,9 @@ fn feed_blocked_cluster(cluster: &Arc<Cluster>) {
     }
     cluster.routes.relist_done();
     for k in [
-        overlay_switch_webhook::overlay::CalicoKind::ConfigMap,
-        overlay_switch_webhook::overlay::CalicoKind::IpPool,
-        overlay_switch_webhook::overlay::CalicoKind::DaemonSet,
+        overlay_switch_webhook::calico::overlay::CalicoKind::ConfigMap,
+        overlay_switch_webhook::calico::overlay::CalicoKind::IpPool,
+        overlay_switch_webhook::calico::overlay::CalicoKind::DaemonSet,
     ] {
         let s = cluster.held.store(k);
         s.relist_begin();
@@ -257,14 +257,14 @@ fn over_tls(body: &[u8], st: Arc<AppState>) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let bundle = overlay_switch_webhook::certs::generate(
+        let bundle = overlay_switch_webhook::server::certs::generate(
             &["localhost".into()],
             &["127.0.0.1".parse().unwrap()],
             1,
         )
         .unwrap();
         let tls = Arc::new(
-            overlay_switch_webhook::tls::server_config_from_pem(
+            overlay_switch_webhook::server::tls::server_config_from_pem(
                 bundle.tls_cert_pem.as_bytes(),
                 bundle.tls_key_pem.as_bytes(),
             )

@@ -2,7 +2,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use overlay_switch_webhook::{certs, serve, status, webhook_config};
+use overlay_switch_webhook::cli::{serve, status, webhook_config};
+use overlay_switch_webhook::server::certs;
 
 /// Holds Calico's switch from an overlay to native routing until every node
 /// has its cloud route.
@@ -61,7 +62,7 @@ enum Command {
         #[arg(
             long = "calico-node-user",
             value_name = "USER",
-            default_value = overlay_switch_webhook::node_status::DEFAULT_CALICO_NODE_USER,
+            default_value = overlay_switch_webhook::server::node_status::DEFAULT_CALICO_NODE_USER,
             value_parser = webhook_config::parse_user,
         )]
         calico_node_users: Vec<String>,

@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use overlay_switch_webhook::calico::overlay::{self, CalicoKind, Context};
+use overlay_switch_webhook::cluster::hold::{self, Record};
+use overlay_switch_webhook::cluster::watch::Store as _;
 use overlay_switch_webhook::cluster::{Cluster, Settings};
-use overlay_switch_webhook::hold::{self, Record};
 use overlay_switch_webhook::metrics::Metrics;
-use overlay_switch_webhook::overlay::{self, CalicoKind, Context};
-use overlay_switch_webhook::watch::Store as _;
-use overlay_switch_webhook::webhook::Webhook;
+use overlay_switch_webhook::server::webhook::Webhook;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -104,7 +104,7 @@ fn set_routes(c: &Cluster, blocked: bool) {
             ("True", "NoRouteCreated")
         };
         c.routes.relist_apply(
-            serde_json::from_value::<overlay_switch_webhook::routes::RouteNode>(
+            serde_json::from_value::<overlay_switch_webhook::cluster::routes::RouteNode>(
                 json!({"metadata": {"name": name}, "status": {"conditions": [
                 {"type": "NetworkUnavailable", "status": status, "reason": reason,
                  "lastTransitionTime": "2020-01-01T00:00:00Z"}]}}),
@@ -354,7 +354,7 @@ proptest! {
     #[test]
     fn hostile_node_status_never_lets_a_switch_through(nodes in prop::collection::vec(node_status(), 1..6), live in any::<bool>()) {
         let c = cluster(false);
-        let feed = |n: &NodeStatus, i: usize| serde_json::from_value::<overlay_switch_webhook::routes::RouteNode>(
+        let feed = |n: &NodeStatus, i: usize| serde_json::from_value::<overlay_switch_webhook::cluster::routes::RouteNode>(
             json!({"metadata": {"name": format!("node-{i}"), "managedFields": [{"time": "9999-12-31T23:59:59Z"}]},
                    "status": {"conditions": n.conditions()}})).unwrap();
         c.routes.relist_begin();

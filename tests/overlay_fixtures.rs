@@ -9,13 +9,13 @@
 //! variable that `env` does not state may be set there, so it reads as
 //! unknown.
 
-use overlay_switch_webhook::calico_values::{self as values, Parsed};
-use overlay_switch_webhook::hold::{self, Record};
-use overlay_switch_webhook::overlay::{
+use overlay_switch_webhook::calico::overlay::{
     Backend, CalicoKind, Context, Eff, Encapsulation, FelixFlag, OverlayConfig, Setting, Switch,
     calico_node_container, detect_switch, read,
 };
-use overlay_switch_webhook::podenv::KnownConfigMap;
+use overlay_switch_webhook::calico::podenv::KnownConfigMap;
+use overlay_switch_webhook::calico::values::{self as values, Parsed};
+use overlay_switch_webhook::cluster::hold::{self, Record};
 use serde_json::{Map, Value, json};
 
 use Encapsulation::{Always, CrossSubnet, Never};

@@ -27,13 +27,13 @@ impl Running {
 }
 
 async fn start() -> Running {
-    let bundle = overlay_switch_webhook::certs::generate(
+    let bundle = overlay_switch_webhook::server::certs::generate(
         &["localhost".into()],
         &["127.0.0.1".parse().unwrap()],
         1,
     )
     .unwrap();
-    let tls = overlay_switch_webhook::tls::server_config_from_pem(
+    let tls = overlay_switch_webhook::server::tls::server_config_from_pem(
         bundle.tls_cert_pem.as_bytes(),
         bundle.tls_key_pem.as_bytes(),
     )
@@ -266,7 +266,7 @@ async fn bad_input_gets_a_clear_error_response() {
     );
 
     // Over the body limit.
-    let big = vec![b' '; overlay_switch_webhook::admission::MAX_BODY_BYTES + 10];
+    let big = vec![b' '; overlay_switch_webhook::server::admission::MAX_BODY_BYTES + 10];
     let (_, resp) = post(&r, big, "application/json").await;
     assert!(
         resp["response"]["status"]["message"]

@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::cluster::release::lease::{self, ReleaseLease};
+use crate::cluster::release::{Events, HELD_EVENT_INTERVAL, Releaser};
 use crate::cluster::{Cluster, Settings};
-use crate::node_status::NodeStatusGuard;
-use crate::release::lease::{self, ReleaseLease};
-use crate::release::{Events, HELD_EVENT_INTERVAL, Releaser};
+use crate::server::node_status::NodeStatusGuard;
+use crate::server::tls::CertFiles;
+use crate::server::webhook::Outcome;
 use crate::server::{self, AppState};
-use crate::tls::CertFiles;
-use crate::webhook::Outcome;
 use kube::runtime::events::EventType;
 
 /// Flags of `serve`.
@@ -66,8 +66,8 @@ pub struct ServeArgs {
     #[arg(
         long = "calico-node-user",
         value_name = "USER",
-        default_value = crate::node_status::DEFAULT_CALICO_NODE_USER,
-        value_parser = crate::webhook_config::parse_user,
+        default_value = crate::server::node_status::DEFAULT_CALICO_NODE_USER,
+        value_parser = crate::cli::webhook_config::parse_user,
     )]
     pub calico_node_users: Vec<String>,
     /// Name of this replica, for events (the Deployment sets it from the pod name).
@@ -95,7 +95,7 @@ pub struct ClusterArgs {
     #[arg(long, default_value = "calico-config")]
     pub configmap_name: String,
     /// Reason of `NetworkUnavailable=False` that means the node's route exists.
-    #[arg(long, default_value = crate::routes::DEFAULT_REASON)]
+    #[arg(long, default_value = crate::cluster::routes::DEFAULT_REASON)]
     pub required_route_reason: String,
     /// How long every node must have had its route before a switch passes.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -190,8 +190,8 @@ mod tests {
 
     #[test]
     fn mismatched_key_is_refused_with_a_clear_error() {
-        let a = crate::certs::generate(&["a".into()], &[], 1).unwrap();
-        let b = crate::certs::generate(&["b".into()], &[], 1).unwrap();
+        let a = crate::server::certs::generate(&["a".into()], &[], 1).unwrap();
+        let b = crate::server::certs::generate(&["b".into()], &[], 1).unwrap();
         let err = server_config_from_pem(a.tls_cert_pem.as_bytes(), b.tls_key_pem.as_bytes())
             .unwrap_err();
         assert!(err.to_string().contains("do not fit"), "{err}");
@@ -199,14 +199,14 @@ mod tests {
 
     #[test]
     fn empty_cert_file_is_refused() {
-        let a = crate::certs::generate(&["a".into()], &[], 1).unwrap();
+        let a = crate::server::certs::generate(&["a".into()], &[], 1).unwrap();
         let err = server_config_from_pem(b"", a.tls_key_pem.as_bytes()).unwrap_err();
         assert!(matches!(err, TlsError::NoCert { .. }), "{err}");
     }
 
     #[test]
     fn a_chain_is_accepted_leaf_first() {
-        let a = crate::certs::generate(&["a".into()], &[], 1).unwrap();
+        let a = crate::server::certs::generate(&["a".into()], &[], 1).unwrap();
         let chain = format!("{}{}", a.tls_cert_pem, a.ca_cert_pem);
         let key =
             certified_key_from_pem(chain.as_bytes(), a.tls_key_pem.as_bytes(), ("c", "k")).unwrap();
@@ -216,16 +216,16 @@ mod tests {
     #[test]
     fn files_are_reloaded_when_they_change_and_bad_ones_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let first = crate::certs::generate(&["a".into()], &[], 1).unwrap();
-        let paths = crate::certs::write(&first, dir.path()).unwrap();
+        let first = crate::server::certs::generate(&["a".into()], &[], 1).unwrap();
+        let paths = crate::server::certs::write(&first, dir.path()).unwrap();
         let files = CertFiles::load(&paths.tls_cert, &paths.tls_key).unwrap();
         let before = files.current.read().unwrap().key.cert[0].clone();
         assert!(!files.reload_if_changed());
 
-        let second = crate::certs::generate(&["a".into()], &[], 1).unwrap();
+        let second = crate::server::certs::generate(&["a".into()], &[], 1).unwrap();
         // Make sure the modification time moves even on coarse file systems.
         std::thread::sleep(Duration::from_millis(20));
-        crate::certs::write(&second, dir.path()).unwrap();
+        crate::server::certs::write(&second, dir.path()).unwrap();
         let t = SystemTime::now() + Duration::from_secs(2);
         let f = std::fs::File::options()
             .write(true)

@@ -9,22 +9,22 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde::Serialize;
 
+use crate::cli::scrape::KeptCount;
+use crate::cluster::gate::{self, Gate};
+use crate::cluster::held::{CalicoKindName, ObjectKey};
+use crate::cluster::hold::{self, Record};
+use crate::cluster::release::api;
+use crate::cluster::routes::{Blocker, NodeRoute, RouteCache, RouteNode};
+use crate::cluster::toggle::Toggle;
+use crate::cluster::watch::Store as _;
 use crate::cluster::{Settings, ippool_resource};
-use crate::gate::{self, Gate};
-use crate::held::{CalicoKindName, ObjectKey};
-use crate::hold::{self, Record};
-use crate::release::api;
-use crate::routes::{Blocker, NodeRoute, RouteCache, RouteNode};
-use crate::scrape::KeptCount;
-use crate::toggle::Toggle;
-use crate::watch::Store as _;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
-    pub cluster: crate::serve::ClusterArgs,
+    pub cluster: crate::cli::serve::ClusterArgs,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
     /// The server's /metrics (plain HTTP), to show how many calico-node
@@ -303,18 +303,18 @@ pub fn render_text(s: &Status) -> String {
 
 /// Runs the command; returns the exit code.
 pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
-    let client = crate::serve::client(args.kubeconfig.as_deref()).await?;
+    let client = crate::cli::serve::client(args.kubeconfig.as_deref()).await?;
     if args.fix_conditions {
-        let report = crate::fix_conditions::run(&client, args.apply).await?;
+        let report = crate::cli::fix_conditions::run(&client, args.apply).await?;
         match args.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-            Output::Text => print!("{}", crate::fix_conditions::render_text(&report)),
+            Output::Text => print!("{}", crate::cli::fix_conditions::render_text(&report)),
         }
-        return Ok(crate::fix_conditions::exit_code(&report));
+        return Ok(crate::cli::fix_conditions::exit_code(&report));
     }
     let settings = args.cluster.settings();
     let mut status = collect(&client, &settings).await?;
-    status.calico_writes_kept = crate::scrape::kept(&args.metrics_urls).await;
+    status.calico_writes_kept = crate::cli::scrape::kept(&args.metrics_urls).await;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         Output::Text => print!("{}", render_text(&status)),
@@ -325,7 +325,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Route;
+    use crate::cluster::routes::Route;
     use k8s_openapi::jiff::Timestamp;
 
     #[test]

@@ -1,5 +1,13 @@
 //! The servers: the webhook over TLS (rustls) and the plain-HTTP admin port
-//! (`/healthz`, `/readyz`, `/metrics`), with clean shutdown.
+//! (`/healthz`, `/readyz`, `/metrics`), with clean shutdown; the admission
+//! pipeline of the Calico objects ([`webhook`]) and of node status
+//! ([`node_status`]).
+
+pub mod admission;
+pub mod certs;
+pub mod node_status;
+pub mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +27,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{self, MAX_BODY_BYTES};
 use crate::metrics::Metrics;
-use crate::node_status::NodeStatusGuard;
-use crate::webhook::{Outcome, Webhook};
+use crate::server::node_status::NodeStatusGuard;
+use crate::server::webhook::{Outcome, Webhook};
+use admission::MAX_BODY_BYTES;
 
 /// Where the API server sends reviews of the Calico objects.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -177,7 +185,7 @@ async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 
 /// Updates of `nodes/status` by calico-node's user: always admitted, with a
 /// patch that keeps the route controller's NetworkUnavailable condition
-/// while the guard is on (`crate::node_status`).
+/// while the guard is on (`crate::server::node_status`).
 async fn mutate_node_status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

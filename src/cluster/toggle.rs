@@ -48,7 +48,7 @@ impl Toggle {
     }
 }
 
-/// The toggle of one cluster, fed by [`crate::watch::keep_watching`].
+/// The toggle of one cluster, fed by [`crate::cluster::watch::keep_watching`].
 #[derive(Debug)]
 pub struct ToggleState {
     namespace: String,
@@ -95,7 +95,7 @@ impl ToggleState {
     }
 }
 
-impl crate::watch::Store<Namespace> for ToggleState {
+impl crate::cluster::watch::Store<Namespace> for ToggleState {
     fn relist_begin(&self) {
         *self.listed.write().expect("toggle lock") = None;
         self.set(Toggle::default());
@@ -144,7 +144,7 @@ impl crate::watch::Store<Namespace> for ToggleState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::Store as _;
+    use crate::cluster::watch::Store as _;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn ns(name: &str, annotations: &[(&str, &str)]) -> Namespace {

@@ -1,6 +1,6 @@
 //! The node-route cache: which nodes have their cloud route, at every moment.
 //!
-//! Fed by a kube-rs watch on Nodes (see [`crate::watch`]), never by polling.
+//! Fed by a kube-rs watch on Nodes (see [`crate::cluster::watch`]), never by polling.
 //! The watch decodes a [`RouteNode`], our own lenient view of a Node, so that
 //! no value on one node can fail the list or the watch of all of them. The
 //! cache keeps a compact entry per node (not the Node object) and aggregate
@@ -714,7 +714,7 @@ impl RouteCache {
 
     /// One node of a list in progress. Takes a [`RouteNode`] or a typed
     /// `Node` (tests and benches hold those); the watch calls it through
-    /// [`crate::watch::Store`].
+    /// [`crate::cluster::watch::Store`].
     pub fn relist_apply(&self, node: impl Into<RouteNode>) {
         let node = node.into();
         let reading = self.read(&node);
@@ -744,7 +744,7 @@ impl RouteCache {
     }
 }
 
-impl crate::watch::Store<RouteNode> for RouteCache {
+impl crate::cluster::watch::Store<RouteNode> for RouteCache {
     fn relist_begin(&self) {
         self.update(|i| {
             i.synced = false;
@@ -819,7 +819,7 @@ pub fn describe_blockers(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::Store as _;
+    use crate::cluster::watch::Store as _;
     use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -1210,7 +1210,7 @@ mod tests {
             assert!(before <= s && s <= after, "{time}: since {s}");
             // And so the gate opens at settle after that.
             assert!(
-                crate::gate::routes_gate(
+                crate::cluster::gate::routes_gate(
                     &c.snapshot(1),
                     std::time::Duration::from_secs(10),
                     after + std::time::Duration::from_secs(10)
@@ -1444,7 +1444,9 @@ mod tests {
         assert_eq!(c.snapshot(1).all_routed_since, Some(seen));
         // The settle time runs from our observation.
         let settle = std::time::Duration::from_secs(10);
-        assert!(crate::gate::routes_gate(&c.snapshot(1), settle, after + settle).is_open());
+        assert!(
+            crate::cluster::gate::routes_gate(&c.snapshot(1), settle, after + settle).is_open()
+        );
         // A changed transition time, ahead of us too: never later than now.
         let later = (Timestamp::now() + std::time::Duration::from_secs(7200)).to_string();
         c.apply(rnode("b", vec![routed_at(&later)]));
@@ -1476,7 +1478,7 @@ mod gate_times {
     use proptest::prelude::*;
 
     use super::Snapshot;
-    use crate::gate::{Gate, opens_in, routes_gate};
+    use crate::cluster::gate::{Gate, opens_in, routes_gate};
 
     fn routed(since: Timestamp) -> Snapshot {
         Snapshot {

@@ -36,7 +36,7 @@ use kube::api::{Api, PostParams};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
-use crate::held::ObjectKey;
+use crate::cluster::held::ObjectKey;
 
 /// Name of the Lease, in the Calico namespace of the cluster.
 pub const LEASE_NAME: &str = "overlay-switch-webhook-release";
@@ -521,7 +521,7 @@ impl ReleaseLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::held::CalicoKindName;
+    use crate::cluster::held::CalicoKindName;
 
     fn held_by(h: &str) -> View {
         View {

@@ -9,7 +9,7 @@ use std::sync::RwLock;
 use kube::core::DynamicObject;
 use serde_json::{Map, Value};
 
-use crate::podenv::KnownConfigMap;
+use crate::calico::podenv::KnownConfigMap;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -41,7 +41,7 @@ pub fn config_map_data(obj: &DynamicObject) -> Option<Value> {
 /// A DaemonSet's calico-node container.
 pub fn calico_node_container(obj: &DynamicObject) -> Option<Value> {
     // `DynamicObject.data` holds everything but apiVersion, kind, metadata.
-    crate::overlay::calico_node_container(&obj.data).cloned()
+    crate::calico::overlay::calico_node_container(&obj.data).cloned()
 }
 
 impl LastSeen {
@@ -84,7 +84,7 @@ impl LastSeen {
     }
 }
 
-impl crate::watch::Store<DynamicObject> for LastSeen {
+impl crate::cluster::watch::Store<DynamicObject> for LastSeen {
     fn relist_begin(&self) {
         self.write(|i| {
             i.synced = false;
@@ -124,7 +124,7 @@ impl crate::watch::Store<DynamicObject> for LastSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::Store as _;
+    use crate::cluster::watch::Store as _;
     use serde_json::json;
 
     fn cm(backend: &str) -> DynamicObject {

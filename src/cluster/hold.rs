@@ -18,7 +18,7 @@ use json_patch::{
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
-use crate::overlay::CalicoKind;
+use crate::calico::overlay::CalicoKind;
 
 pub const INTENT_ANNOTATION: &str =
     "calico.networking.extensions.gardener.cloud/overlay-switch-held-intent";
@@ -259,7 +259,7 @@ fn test_then(
 
 /// The merge key of a list of named items, if both sides are such lists.
 fn list_key(f: &[Value], t: &[Value]) -> Option<&'static str> {
-    crate::merge::list_key(&[f, t])
+    crate::cluster::merge::list_key(&[f, t])
 }
 
 fn keyed_list_diff(
@@ -418,7 +418,7 @@ fn held_part_ops(kind: CalicoKind, obj: &Value, part: Option<&Value>) -> Vec<Pat
 #[derive(Debug, Clone)]
 pub struct Joined {
     /// The update with its held part merged with the held change
-    /// ([`crate::merge`]: what only one side changed, from that side; what
+    /// ([`crate::cluster::merge`]: what only one side changed, from that side; what
     /// both changed, from the update): set when the update touches the
     /// held switch (it moves the held part toward or away from the
     /// recorded change, or lowers encapsulation itself). `None`: the update
@@ -460,7 +460,7 @@ pub fn join(
     old: &Value,
     new: &Value,
     record: &Record,
-    ctx: crate::overlay::Context<'_>,
+    ctx: crate::calico::overlay::Context<'_>,
 ) -> Joined {
     let root = held_pointer(kind);
     let desired = match apply_intent(old, record) {
@@ -473,15 +473,19 @@ pub fn join(
             };
         }
     };
-    let target =
-        crate::merge::merge_opt(old.pointer(root), desired.pointer(root), new.pointer(root));
+    let target = crate::cluster::merge::merge_opt(
+        old.pointer(root),
+        desired.pointer(root),
+        new.pointer(root),
+    );
     // Independent: the held change still applies onto the update and gives
     // the same as the merge, i.e. the update does not touch what it changes.
     let independent = apply_intent(new, record)
         .ok()
         .is_some_and(|v| v.pointer(root) == target.as_ref());
     // An unreadable new object counts as a switch (the caller refuses it).
-    let switches = crate::overlay::detect_switch(kind, old, new, ctx).map_or(true, |s| s.is_some());
+    let switches =
+        crate::calico::overlay::detect_switch(kind, old, new, ctx).map_or(true, |s| s.is_some());
     let merged = if independent && !switches {
         None
     } else {
@@ -908,7 +912,7 @@ mod tests {
         out
     }
 
-    const CTX: crate::overlay::Context<'static> = crate::overlay::Context::NONE;
+    const CTX: crate::calico::overlay::Context<'static> = crate::calico::overlay::Context::NONE;
 
     #[test]
     fn a_partial_reapply_while_held_joins_and_reproduces_the_intent() {

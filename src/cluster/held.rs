@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use kube::core::DynamicObject;
 use serde::{Deserialize, Serialize};
 
-use crate::hold::{INTENT_ANNOTATION, SINCE_ANNOTATION, held_pointer};
-use crate::overlay::CalicoKind;
+use crate::calico::overlay::CalicoKind;
+use crate::cluster::hold::{INTENT_ANNOTATION, SINCE_ANNOTATION, held_pointer};
 
 /// One Calico object, named.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -255,7 +255,7 @@ impl KindStore {
     }
 }
 
-impl crate::watch::Store<DynamicObject> for KindStore {
+impl crate::cluster::watch::Store<DynamicObject> for KindStore {
     fn relist_begin(&self) {
         self.with(|p| {
             p.synced = false;
@@ -324,7 +324,7 @@ impl crate::watch::Store<DynamicObject> for KindStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::Store as _;
+    use crate::cluster::watch::Store as _;
     use std::sync::Arc;
 
     fn obj(ns: Option<&str>, name: &str, held: bool) -> DynamicObject {

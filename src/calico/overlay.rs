@@ -8,12 +8,12 @@
 //! unset included, so a switch cannot become invisible by being split over
 //! several updates (value -> unset -> lower value is lowered in one of the
 //! steps). The parsers, each citing the Calico code it follows, are in
-//! [`crate::calico_values`].
+//! [`crate::calico::values`].
 //!
 //! - DaemonSet `calico-node`: the environment of its `calico-node` container
 //!   (the one that runs calico-node's startup and Felix; the first container
 //!   when none has that name), resolved as the kubelet resolves it
-//!   ([`crate::podenv`]): `envFrom`, `$(VAR)` references, and `valueFrom` the
+//!   ([`crate::calico::podenv`]): `envFrom`, `$(VAR)` references, and `valueFrom` the
 //!   guarded ConfigMap, whose content the webhook knows from its watch.
 //! - ConfigMap `calico-config`: `data.calico_backend`.
 //! - IPPool: `spec.ipipMode` / `spec.vxlanMode`, and the legacy `spec.ipip`
@@ -24,9 +24,9 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::calico_values::{self as values, Parsed};
-pub use crate::calico_values::{Backend, Encapsulation, FelixFlag};
-use crate::podenv::{EnvValue, Environment, KnownConfigMap};
+use crate::calico::podenv::{EnvValue, Environment, KnownConfigMap};
+use crate::calico::values::{self as values, Parsed};
+pub use crate::calico::values::{Backend, Encapsulation, FelixFlag};
 
 /// The value of one setting, ranked by how much encapsulation it means.
 pub trait Level: Copy + Eq + fmt::Display {
@@ -1060,7 +1060,7 @@ mod tests {
                 "{old}"
             );
             assert_eq!(e.value, " Always");
-            assert_eq!(e.expected, crate::calico_values::POOL_ENV_MODES);
+            assert_eq!(e.expected, crate::calico::values::POOL_ENV_MODES);
         }
         // The same unreadable value on both sides is no error, and the
         // other settings still count.

@@ -56,8 +56,8 @@ pub fn node_status_url(url: &str) -> anyhow::Result<String> {
 }
 
 pub const SERVICE_TEMPLATE: &str =
-    include_str!("../webhooks/service/mutatingwebhookconfiguration.yaml");
-pub const URL_TEMPLATE: &str = include_str!("../webhooks/url/mutatingwebhookconfiguration.yaml");
+    include_str!("../../webhooks/service/mutatingwebhookconfiguration.yaml");
+pub const URL_TEMPLATE: &str = include_str!("../../webhooks/url/mutatingwebhookconfiguration.yaml");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -139,7 +139,7 @@ mod tests {
     use super::*;
 
     fn default_users() -> Vec<String> {
-        vec![crate::node_status::DEFAULT_CALICO_NODE_USER.to_string()]
+        vec![crate::server::node_status::DEFAULT_CALICO_NODE_USER.to_string()]
     }
 
     fn hooks(yaml: &str) -> Vec<serde_yaml::Value> {
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn every_webhook_gets_the_bundle_and_the_url() {
-        let ca = crate::certs::generate(&["x".into()], &[], 1).unwrap();
+        let ca = crate::server::certs::generate(&["x".into()], &[], 1).unwrap();
         let out = render(
             Mode::Url,
             &ca.ca_cert_pem,
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn only_the_node_status_webhook_fails_open_and_only_for_calico_nodes_users() {
-        let ca = crate::certs::generate(&["x".into()], &[], 1).unwrap();
+        let ca = crate::server::certs::generate(&["x".into()], &[], 1).unwrap();
         let users = vec![
             "system:serviceaccount:kube-system:calico-node".to_string(),
             "system:serviceaccount:kube-system:calico-kube-controllers".to_string(),
@@ -238,7 +238,7 @@ mod tests {
         ] {
             assert_eq!(parse_user(name).is_ok(), ok, "{name:?}");
         }
-        let ca = crate::certs::generate(&["x".into()], &[], 1).unwrap();
+        let ca = crate::server::certs::generate(&["x".into()], &[], 1).unwrap();
         assert!(
             render(
                 Mode::Service,

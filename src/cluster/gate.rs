@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::routes::{Snapshot, describe_blockers};
-use crate::toggle::Toggle;
+use crate::cluster::routes::{Snapshot, describe_blockers};
+use crate::cluster::toggle::Toggle;
 
 /// Whether a switch may go through now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +159,7 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Blocker;
+    use crate::cluster::routes::Blocker;
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()

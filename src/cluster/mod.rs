@@ -1,6 +1,20 @@
 //! One guarded cluster: its settings, route cache, toggle and held records,
 //! held by the server as a value (not process-wide globals), so that one
-//! process can later serve many clusters.
+//! process serves one cluster or, in Gardener mode, many shoots.
+//!
+//! The watches ([`watch`]) feed the state ([`routes`], [`toggle`], [`held`],
+//! [`last_seen`]); the pure decisions ([`gate`], [`hold`], [`merge`]) read
+//! it; the [`release`] controller acts on it.
+
+pub mod gate;
+pub mod held;
+pub mod hold;
+pub mod last_seen;
+pub mod merge;
+pub mod release;
+pub mod routes;
+pub mod toggle;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +24,12 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 
-use crate::held::{HeldRegistry, ObjectKey};
-use crate::last_seen::{self, LastSeen};
-use crate::overlay::CalicoKind;
-use crate::routes::{RouteCache, RouteNode};
-use crate::toggle::ToggleState;
-use crate::watch::{Backoff, Tee, keep_watching};
+use crate::calico::overlay::CalicoKind;
+use crate::cluster::held::{HeldRegistry, ObjectKey};
+use crate::cluster::routes::{RouteCache, RouteNode};
+use crate::cluster::toggle::ToggleState;
+use crate::cluster::watch::{Backoff, Tee, keep_watching};
+use last_seen::LastSeen;
 
 /// Which objects are Calico's, and how the gate behaves.
 #[derive(Debug, Clone)]
@@ -38,7 +52,7 @@ impl Default for Settings {
             calico_namespace: "kube-system".into(),
             daemonset_name: "calico-node".into(),
             configmap_name: "calico-config".into(),
-            required_reason: crate::routes::DEFAULT_REASON.into(),
+            required_reason: crate::cluster::routes::DEFAULT_REASON.into(),
             settle: Duration::from_secs(10),
             max_named_nodes: 3,
         }

@@ -38,10 +38,10 @@ use std::time::Instant;
 use kube::core::admission::{AdmissionResponse, Operation};
 use serde_json::{Value, json};
 
-use crate::admission::{self, Review};
 use crate::cluster::Cluster;
+use crate::cluster::routes::CONDITION;
 use crate::metrics::{Decision, Metrics};
-use crate::routes::CONDITION;
+use crate::server::admission::{self, Review};
 
 /// The user calico-node writes as (its ServiceAccount in Calico's manifests
 /// and Gardener's).

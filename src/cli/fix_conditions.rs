@@ -16,7 +16,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::routes::CONDITION;
+use crate::cluster::routes::CONDITION;
 
 /// The reasons Calico writes (`nodestatus` in projectcalico/calico:
 /// `CalicoIsUp` from calico-node's start, `CalicoIsDown` from its shutdown

@@ -7,14 +7,14 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::admission::{AdmissionResponse, Operation};
 
-use crate::admission::{self, Review};
+use crate::calico::overlay;
 use crate::cluster::Cluster;
-use crate::gate::{self, Situation, Verdict};
-use crate::held::ObjectKey;
-use crate::hold::{self, Record};
+use crate::cluster::gate::{self, Situation, Verdict};
+use crate::cluster::held::ObjectKey;
+use crate::cluster::hold::{self, Record};
+use crate::cluster::toggle::CANCEL_ANNOTATION;
 use crate::metrics::{Decision, Metrics};
-use crate::overlay;
-use crate::toggle::CANCEL_ANNOTATION;
+use crate::server::admission::{self, Review};
 
 /// What happened to one review, for the log line, metrics and events.
 #[derive(Debug, Clone)]

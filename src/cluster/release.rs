@@ -25,12 +25,12 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource as _};
 
+use crate::cluster::gate::{self, Gate};
+use crate::cluster::held::{CalicoKindName, HeldObject, ObjectKey};
+use crate::cluster::hold::{self, Record};
+use crate::cluster::toggle::{CANCEL_ANNOTATION, FORCE_ANNOTATION};
 use crate::cluster::{Cluster, configmap_resource, daemonset_resource, ippool_resource};
-use crate::gate::{self, Gate};
-use crate::held::{CalicoKindName, HeldObject, ObjectKey};
-use crate::hold::{self, Record};
 use crate::metrics::{FailureClass, FailureLabels, KindLabels, Metrics};
-use crate::toggle::{CANCEL_ANNOTATION, FORCE_ANNOTATION};
 use lease::{InProgress, Marker, ObjectState, Outcome, Progress, ReleaseLease};
 
 /// How many times one object is re-read after a write conflict, per pass.
@@ -751,7 +751,7 @@ impl Releaser {
     /// What `action` would write for the object as it is now.
     fn next_object(&self, h: &HeldObject, current: &DynamicObject, action: &Action) -> Next {
         let value = serde_json::to_value(current).expect("object encodes");
-        let kind: crate::overlay::CalicoKind = h.key.kind.into();
+        let kind: crate::calico::overlay::CalicoKind = h.key.kind.into();
         let (next, since) = match action {
             // A cancel needs no readable record: it only removes it.
             Action::Cancel => {

@@ -89,7 +89,7 @@ pub fn generate(dns: &[String], ips: &[IpAddr], days: i64) -> anyhow::Result<Bun
     })
 }
 
-/// Paths of the files [`write`] produces.
+/// Paths of the files [`write()`] produces.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub ca_cert: PathBuf,
@@ -159,7 +159,7 @@ mod tests {
         );
         assert!(bundle.tls_key_pem.contains("PRIVATE KEY"));
         // The server config builder checks that key and cert match.
-        let cfg = crate::tls::server_config_from_pem(
+        let cfg = crate::server::tls::server_config_from_pem(
             bundle.tls_cert_pem.as_bytes(),
             bundle.tls_key_pem.as_bytes(),
         );

@@ -1,0 +1,8 @@
+//! The commands: `serve` (single cluster or `--gardener`), `status`,
+//! `webhook-config`, and the helpers only they use.
+
+pub mod fix_conditions;
+pub mod scrape;
+pub mod serve;
+pub mod status;
+pub mod webhook_config;

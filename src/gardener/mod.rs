@@ -1,0 +1,1 @@
+//! Gardener mode (seed): one server guards many shoots.
