@@ -2,8 +2,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use overlay_switch_webhook::cli::{serve, status, webhook_config};
+use overlay_switch_webhook::cli::{serve, status};
 use overlay_switch_webhook::server::certs;
+use overlay_switch_webhook::server::webhook_config;
 
 /// Holds Calico's switch from an overlay to native routing until every node
 /// has its cloud route.
@@ -26,7 +27,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the admission webhook.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Make a CA and a serving certificate; print the base64 caBundle.
     Certs {
         /// Where to write ca.crt, ca.key, tls.crt, tls.key.
@@ -99,7 +100,7 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(serve::run(args))?;
+            rt.block_on(serve::run(*args))?;
         }
         Command::Status(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
