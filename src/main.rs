@@ -45,7 +45,7 @@ enum Command {
     },
     /// Show what the guard sees: toggle, nodes and their routes, held objects, gate.
     /// Exit code 0: nothing held; 1: a switch is held; 2: error.
-    Status(status::StatusArgs),
+    Status(Box<status::StatusArgs>),
     /// Print the MutatingWebhookConfiguration with the caBundle filled in.
     WebhookConfig {
         #[arg(long, value_enum, default_value = "service")]
@@ -106,7 +106,7 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let code = rt.block_on(status::run(args))?;
+            let code = rt.block_on(status::run(*args))?;
             return Ok(std::process::ExitCode::from(code));
         }
         Command::Certs {

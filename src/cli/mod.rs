@@ -6,3 +6,4 @@ pub mod scrape;
 pub mod serve;
 pub mod serve_gardener;
 pub mod status;
+pub mod status_gardener;

@@ -102,6 +102,18 @@ pub struct GardenerArgs {
     /// registration.
     #[arg(long, requires = "gardener", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: ShootAccessArgs,
+    /// How often the access Secret is read again (a changed kubeconfig,
+    /// e.g. a rotated token, reconnects the shoot).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "gardener")]
+    pub shoot_access_refresh: Duration,
+}
+
+/// How the seed reaches a shoot and names its registration: shared by
+/// `serve --gardener` and `status --gardener`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShootAccessArgs {
     /// Secret in each shoot namespace whose kubeconfig reaches the shoot.
     #[arg(long, default_value = "gardener-internal", requires = "gardener")]
     pub shoot_access_secret: String,
@@ -111,14 +123,26 @@ pub struct GardenerArgs {
     /// Key of the kubeconfig in the access Secret.
     #[arg(long, default_value = "kubeconfig", requires = "gardener")]
     pub shoot_access_key: String,
-    /// How often the access Secret is read again (a changed kubeconfig,
-    /// e.g. a rotated token, reconnects the shoot).
-    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "gardener")]
-    pub shoot_access_refresh: Duration,
     /// Name of the ManagedResource in each shoot namespace (its Secret is
     /// `managedresource-<name>`).
     #[arg(long, default_value = "overlay-switch-webhook", requires = "gardener")]
     pub registration_name: String,
+}
+
+impl ShootAccessArgs {
+    pub fn access(&self) -> crate::gardener::access::AccessSecret {
+        crate::gardener::access::AccessSecret {
+            name: self.shoot_access_secret.clone(),
+            fallback: Some(self.shoot_access_fallback_secret.clone()).filter(|f| !f.is_empty()),
+            key: self.shoot_access_key.clone(),
+        }
+    }
+
+    pub fn names(&self) -> crate::gardener::registration::Names {
+        crate::gardener::registration::Names {
+            managed_resource: self.registration_name.clone(),
+        }
+    }
 }
 
 /// Which objects are Calico's and how the gate behaves: shared by `serve`

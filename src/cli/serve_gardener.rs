@@ -11,10 +11,9 @@ use kube::runtime::watcher;
 
 use super::serve::{ServeArgs, client, serve_until_stopped};
 use crate::cluster::watch::{Backoff, Health, keep_watching};
-use crate::gardener::access::AccessSecret;
 use crate::gardener::http::{self, GardenerState, ShootGauges};
 use crate::gardener::reconcile::{self, RegistrationConfig};
-use crate::gardener::registration::{self, Names};
+use crate::gardener::registration;
 use crate::gardener::shoots::{ReleaseConfig, ShootConfig, Shoots};
 use crate::server::node_status::NodeStatusGuard;
 use crate::server::tls::CertFiles;
@@ -55,11 +54,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gauges = ShootGauges::register(&mut registry);
     let config = ShootConfig {
         settings: args.cluster.settings(),
-        access: AccessSecret {
-            name: g.shoot_access_secret.clone(),
-            fallback: Some(g.shoot_access_fallback_secret.clone()).filter(|f| !f.is_empty()),
-            key: g.shoot_access_key.clone(),
-        },
+        access: g.access.access(),
         access_refresh: g.shoot_access_refresh,
         watch_timeout: Some(args.watch_timeout),
         release: args.release.then(|| ReleaseConfig {
@@ -91,9 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shoots.clone(),
         seed.clone(),
         RegistrationConfig {
-            names: Names {
-                managed_resource: g.registration_name.clone(),
-            },
+            names: g.access.names(),
             base_url: base_url.clone(),
             ca_file,
             calico_node_users: args.calico_node_users.clone(),
