@@ -109,7 +109,7 @@ fn clip(s: &str) -> String {
 /// (`9999-12-31T23:59:59Z`), in a condition or anywhere else
 /// (`creationTimestamp`, `managedFields[].time`, other conditions), cannot
 /// fail the list or the watch of all nodes. The object is transient: the
-/// cache keeps a [`NodeRoute`].
+/// cache keeps a [`crate::cluster::routes::NodeRoute`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteNode {
     /// Only `name`, `resourceVersion` and `uid`. `kube::Resource` needs an
