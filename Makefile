@@ -65,7 +65,7 @@ dev-up: build controlplane
 dev-down:
 	@scripts/demo.sh down
 
-bench:
+bench: controlplane
 	$(CARGO) bench
 
 clean:

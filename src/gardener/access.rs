@@ -96,6 +96,13 @@ fn either(names: &[String]) -> String {
 }
 
 /// A client for the shoot from the kubeconfig bytes.
+///
+/// Unlike kube-rs' default client (HTTP/1.1: one connection per watch), it
+/// speaks HTTP/2 when the API server offers it, as client-go does: the
+/// shoot's five watches and its requests share one connection (a server
+/// guarding 200 shoots holds 200 connections, not 1,200), and a dead
+/// connection is noticed by HTTP/2 pings within [`PING_INTERVAL`] +
+/// [`PING_TIMEOUT`] rather than by the watch timeout.
 pub async fn client(
     namespace: &str,
     secret_name: &str,
@@ -111,7 +118,38 @@ pub async fn client(
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| fail(e.to_string()))?;
-    Client::try_from(config).map_err(|e| fail(e.to_string()))
+    http2_client(config).map_err(|e| fail(e.to_string()))
+}
+
+/// How often an idle HTTP/2 connection to a shoot is pinged, and how long
+/// the answer may take before the connection (and its watches) is dropped.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// kube-rs' client stack (base URI, authentication) over a hyper client
+/// that negotiates HTTP/2 (ALPN `h2`, else HTTP/1.1).
+pub fn http2_client(config: kube::Config) -> Result<Client, kube::Error> {
+    use kube::client::ConfigExt as _;
+    let tls = config.rustls_client_config()?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(PING_INTERVAL)
+        .http2_keep_alive_timeout(PING_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
+        .build::<_, kube::client::Body>(connector);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(Client::new(service, config.default_namespace))
 }
 
 #[cfg(test)]
