@@ -2,8 +2,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use overlay_switch_webhook::cli::{serve, status, webhook_config};
+use overlay_switch_webhook::cli::{serve, status};
 use overlay_switch_webhook::server::certs;
+use overlay_switch_webhook::server::webhook_config;
 
 /// Holds Calico's switch from an overlay to native routing until every node
 /// has its cloud route.
@@ -26,7 +27,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the admission webhook.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Make a CA and a serving certificate; print the base64 caBundle.
     Certs {
         /// Where to write ca.crt, ca.key, tls.crt, tls.key.
@@ -44,7 +45,7 @@ enum Command {
     },
     /// Show what the guard sees: toggle, nodes and their routes, held objects, gate.
     /// Exit code 0: nothing held; 1: a switch is held; 2: error.
-    Status(status::StatusArgs),
+    Status(Box<status::StatusArgs>),
     /// Print the MutatingWebhookConfiguration with the caBundle filled in.
     WebhookConfig {
         #[arg(long, value_enum, default_value = "service")]
@@ -99,13 +100,13 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(serve::run(args))?;
+            rt.block_on(serve::run(*args))?;
         }
         Command::Status(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let code = rt.block_on(status::run(args))?;
+            let code = rt.block_on(status::run(*args))?;
             return Ok(std::process::ExitCode::from(code));
         }
         Command::Certs {

@@ -4,5 +4,6 @@
 pub mod fix_conditions;
 pub mod scrape;
 pub mod serve;
+pub mod serve_gardener;
 pub mod status;
-pub mod webhook_config;
+pub mod status_gardener;

@@ -42,6 +42,8 @@ pub struct ServeArgs {
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub gardener: GardenerArgs,
     /// How long one watch request lasts before it is renewed (seconds; at
     /// most 290, kube-rs' default). Shorter means a revoked permission or a
     /// silently dead connection is noticed sooner.
@@ -67,7 +69,7 @@ pub struct ServeArgs {
         long = "calico-node-user",
         value_name = "USER",
         default_value = crate::server::node_status::DEFAULT_CALICO_NODE_USER,
-        value_parser = crate::cli::webhook_config::parse_user,
+        value_parser = crate::server::webhook_config::parse_user,
     )]
     pub calico_node_users: Vec<String>,
     /// Name of this replica, for events (the Deployment sets it from the pod name).
@@ -79,6 +81,68 @@ pub struct ServeArgs {
     pub shutdown_delay: Duration,
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
+}
+
+/// Gardener mode: one server in the seed guards every shoot whose Shoot
+/// has the annotation (see README, "Running as a Gardener extension").
+#[derive(Debug, Clone, clap::Args)]
+pub struct GardenerArgs {
+    /// Run in the seed as a Gardener extension (--kubeconfig is the seed's):
+    /// guard every shoot whose Shoot has the annotation
+    /// calico.networking.extensions.gardener.cloud/seamless-overlay-switch=true.
+    #[arg(long)]
+    pub gardener: bool,
+    /// With --gardener: `https://host:port`, where the shoots' API servers
+    /// (in the seed) reach this server; `/shoots/<namespace>/mutate` is
+    /// appended for each shoot.
+    #[arg(long, requires = "gardener", value_name = "URL")]
+    pub webhook_base_url: Option<String>,
+    /// With --gardener: the CA bundle (PEM) written into every shoot's
+    /// registration; re-read every few seconds, a change updates every
+    /// registration.
+    #[arg(long, requires = "gardener", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: ShootAccessArgs,
+    /// How often the access Secret is read again (a changed kubeconfig,
+    /// e.g. a rotated token, reconnects the shoot).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "gardener")]
+    pub shoot_access_refresh: Duration,
+}
+
+/// How the seed reaches a shoot and names its registration: shared by
+/// `serve --gardener` and `status --gardener`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShootAccessArgs {
+    /// Secret in each shoot namespace whose kubeconfig reaches the shoot.
+    #[arg(long, default_value = "gardener-internal", requires = "gardener")]
+    pub shoot_access_secret: String,
+    /// Read when --shoot-access-secret does not exist (empty: none).
+    #[arg(long, default_value = "gardener", requires = "gardener")]
+    pub shoot_access_fallback_secret: String,
+    /// Key of the kubeconfig in the access Secret.
+    #[arg(long, default_value = "kubeconfig", requires = "gardener")]
+    pub shoot_access_key: String,
+    /// Name of the ManagedResource in each shoot namespace (its Secret is
+    /// `managedresource-<name>`).
+    #[arg(long, default_value = "overlay-switch-webhook", requires = "gardener")]
+    pub registration_name: String,
+}
+
+impl ShootAccessArgs {
+    pub fn access(&self) -> crate::gardener::access::AccessSecret {
+        crate::gardener::access::AccessSecret {
+            name: self.shoot_access_secret.clone(),
+            fallback: Some(self.shoot_access_fallback_secret.clone()).filter(|f| !f.is_empty()),
+            key: self.shoot_access_key.clone(),
+        }
+    }
+
+    pub fn names(&self) -> crate::gardener::registration::Names {
+        crate::gardener::registration::Names {
+            managed_resource: self.registration_name.clone(),
+        }
+    }
 }
 
 /// Which objects are Calico's and how the gate behaves: shared by `serve`
@@ -141,6 +205,9 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.gardener.gardener {
+        return super::serve_gardener::run(args).await;
+    }
     let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
         .context("loading the serving certificate")?;
     let tls = Arc::new(certs.server_config()?);
@@ -208,74 +275,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let listener = TcpListener::bind(args.listen_addr)
-        .await
-        .with_context(|| format!("binding {}", args.listen_addr))?;
-    let admin = TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding {}", args.metrics_addr))?;
-    tracing::info!(
-        webhook = %listener.local_addr()?,
-        admin = %admin.local_addr()?,
-        namespace = %args.cluster.calico_namespace,
-        settle = ?args.cluster.settle_time,
-        calico_node_users = ?args.calico_node_users,
-        "serving"
+    let routers = (
+        server::webhook_router(state.clone()),
+        server::admin_router(state.clone()),
     );
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_task = {
-        let mut rx = stop_rx.clone();
-        let router = server::admin_router(state.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(admin, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
-        })
+    let not_ready = {
+        let state = state.clone();
+        move || state.shutting_down.store(true, Ordering::Relaxed)
     };
-    let webhook_task = {
-        let mut rx = stop_rx.clone();
-        let router = server::webhook_router(state.clone());
-        let drain = args.shutdown_drain;
-        tokio::spawn(async move {
-            server::serve_tls(
-                listener,
-                tls,
-                router,
-                async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                },
-                drain,
-            )
-            .await;
-        })
-    };
-
-    // The watches, the certificate watch and the release controller run
-    // for ever: one that ends (a panic) would leave a cache frozen or holds
-    // unreleased while the server looked healthy. Exit instead, so the pod
-    // restarts and lists everything anew.
-    let failed = tokio::select! {
-        () = server::shutdown_signal() => None,
-        Some(ended) = tasks.join_next() => Some(ended),
-    };
-    if let Some(ended) = &failed {
-        let why = match ended {
-            Err(e) if e.is_panic() => "panicked".to_string(),
-            Err(e) => e.to_string(),
-            Ok(()) => "ended".to_string(),
-        };
-        tracing::error!(task = %why, "a background task stopped; shutting down");
-    }
-    // Not ready first, so that the Service stops sending reviews here, while
-    // reviews already on their way are still answered.
-    state.shutting_down.store(true, Ordering::Relaxed);
-    tokio::time::sleep(args.shutdown_delay).await;
-    let _ = stop_tx.send(true);
-    let _ = webhook_task.await;
-    let _ = admin_task.await;
+    let failed = serve_until_stopped(&args, tls, routers, &mut tasks, not_ready).await?;
     // Stop the release controller (and the rest) first, then hand the
     // release lease on, so that another replica need not wait for it to expire.
     tasks.shutdown().await;
@@ -293,6 +301,85 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => Ok(()),
         Some(_) => anyhow::bail!("a background task stopped (see the log)"),
     }
+}
+
+/// Serves `routers` (webhook over TLS, admin over HTTP) until SIGTERM or
+/// until one of `tasks` ends; then turns not ready (`not_ready`), waits
+/// `--shutdown-delay`, and drains. Returns why a task ended, if one did.
+pub async fn serve_until_stopped(
+    args: &ServeArgs,
+    tls: Arc<rustls::ServerConfig>,
+    (webhook_router, admin_router): (axum::Router, axum::Router),
+    tasks: &mut tokio::task::JoinSet<()>,
+    not_ready: impl FnOnce(),
+) -> anyhow::Result<Option<String>> {
+    let listener = TcpListener::bind(args.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", args.listen_addr))?;
+    let admin = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(
+        webhook = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        gardener = args.gardener.gardener,
+        namespace = %args.cluster.calico_namespace,
+        settle = ?args.cluster.settle_time,
+        calico_node_users = ?args.calico_node_users,
+        "serving"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(admin, admin_router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
+    let webhook_task = {
+        let mut rx = stop_rx.clone();
+        let drain = args.shutdown_drain;
+        tokio::spawn(async move {
+            server::serve_tls(
+                listener,
+                tls,
+                webhook_router,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+                drain,
+            )
+            .await;
+        })
+    };
+
+    // The watches, the certificate watch and the release controller run
+    // for ever: one that ends (a panic) would leave a cache frozen or holds
+    // unreleased while the server looked healthy. Exit instead, so the pod
+    // restarts and lists everything anew.
+    let failed = tokio::select! {
+        () = server::shutdown_signal() => None,
+        Some(ended) = tasks.join_next() => Some(match ended {
+            Err(e) if e.is_panic() => "panicked".to_string(),
+            Err(e) => e.to_string(),
+            Ok(()) => "ended".to_string(),
+        }),
+    };
+    if let Some(why) = &failed {
+        tracing::error!(task = %why, "a background task stopped; shutting down");
+    }
+    // Not ready first, so that the Service stops sending reviews here, while
+    // reviews already on their way are still answered.
+    not_ready();
+    tokio::time::sleep(args.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    let _ = webhook_task.await;
+    let _ = admin_task.await;
+    Ok(failed)
 }
 
 #[cfg(test)]

@@ -38,6 +38,15 @@ pub struct StatusArgs {
     /// --apply. Exit code 0: none (or all removed); 1: some listed; 2: error.
     #[arg(long)]
     pub fix_conditions: bool,
+    /// Gardener mode (--kubeconfig is the seed's): one row per shoot, read
+    /// through its access Secret; with --shoot, the detail of that shoot.
+    #[arg(long, conflicts_with = "fix_conditions")]
+    pub gardener: bool,
+    /// With --gardener: the shoot namespace to show in detail.
+    #[arg(long, requires = "gardener", value_name = "NAMESPACE")]
+    pub shoot: Option<String>,
+    #[command(flatten)]
+    pub access: crate::cli::serve::ShootAccessArgs,
     /// With --fix-conditions: remove them (a JSON patch of nodes/status
     /// that tests each condition first). Needs `patch` on `nodes/status`.
     #[arg(long, requires = "fix_conditions")]
@@ -313,6 +322,35 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
         return Ok(crate::cli::fix_conditions::exit_code(&report));
     }
     let settings = args.cluster.settings();
+    if args.gardener {
+        use crate::cli::status_gardener as g;
+        let rows = g::rows(&client, &args.access, &settings, args.shoot.as_deref()).await?;
+        if let (Some(_), [row]) = (&args.shoot, rows.as_slice()) {
+            let Some(status) = &row.status else {
+                anyhow::bail!(
+                    "shoot {}: {}",
+                    row.shoot,
+                    row.error.as_deref().unwrap_or("cannot be read")
+                );
+            };
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),
+                Output::Text => print!(
+                    "shoot:  {} (guard from its Shoot: {}; registered: {})\n{}",
+                    row.shoot,
+                    row.guard,
+                    if row.registered { "yes" } else { "no" },
+                    render_text(status)
+                ),
+            }
+        } else {
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Text => print!("{}", g::render_table(&rows)),
+            }
+        }
+        return Ok(g::exit_code(&rows));
+    }
     let mut status = collect(&client, &settings).await?;
     status.calico_writes_kept = crate::cli::scrape::kept(&args.metrics_urls).await;
     match args.output {

@@ -27,8 +27,8 @@ use kube::runtime::watcher;
 use crate::calico::overlay::CalicoKind;
 use crate::cluster::held::{HeldRegistry, ObjectKey};
 use crate::cluster::routes::{RouteCache, RouteNode};
-use crate::cluster::toggle::ToggleState;
-use crate::cluster::watch::{Backoff, Tee, keep_watching};
+use crate::cluster::toggle::{GuardSource, ToggleState};
+use crate::cluster::watch::{Backoff, Health, Tee, keep_watching};
 use last_seen::LastSeen;
 
 /// Which objects are Calico's, and how the gate behaves.
@@ -124,6 +124,9 @@ pub struct Cluster {
     /// calico-node's container (a ConfigMap update changes what its env
     /// resolves to).
     pub calico_node: Arc<LastSeen>,
+    /// Why this cluster's state is unknown, when it is (broken watches, no
+    /// way to reach it): named in the warnings of what it holds.
+    pub health: Arc<Health>,
     /// The user this server's release controller writes as (learned at
     /// start): the release and cancel markers count only from that user.
     pub own_user: std::sync::OnceLock<String>,
@@ -131,9 +134,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(settings: Settings) -> Arc<Self> {
+        Self::with_guard_source(settings, GuardSource::Namespace)
+    }
+
+    /// A cluster whose guard is switched from `source` (Gardener mode: from
+    /// outside, by its Shoot).
+    pub fn with_guard_source(settings: Settings, source: GuardSource) -> Arc<Self> {
         Arc::new(Self {
             routes: Arc::new(RouteCache::new(settings.required_reason.clone())),
-            toggle: Arc::new(ToggleState::new(settings.calico_namespace.clone())),
+            toggle: Arc::new(ToggleState::with_source(
+                settings.calico_namespace.clone(),
+                source,
+            )),
             held: Arc::new(HeldRegistry::default()),
             config_map: Arc::new(LastSeen::new(
                 settings.configmap_name.clone(),
@@ -143,6 +155,7 @@ impl Cluster {
                 settings.daemonset_name.clone(),
                 last_seen::calico_node_container,
             )),
+            health: Arc::new(Health::default()),
             own_user: std::sync::OnceLock::new(),
             settings,
         })
@@ -175,6 +188,24 @@ impl Cluster {
             && self.calico_node.synced()
     }
 
+    /// Forgets that anything was ever listed: every answer is "unknown"
+    /// until the watches list again (used when they are restarted, e.g.
+    /// with new credentials, so that stale state is never read as current).
+    pub fn mark_unknown(&self) {
+        use crate::cluster::watch::Store as _;
+        self.routes.lost();
+        <ToggleState as crate::cluster::watch::Store<Namespace>>::lost(&self.toggle);
+        self.config_map.lost();
+        self.calico_node.lost();
+        for kind in [
+            CalicoKind::DaemonSet,
+            CalicoKind::ConfigMap,
+            CalicoKind::IpPool,
+        ] {
+            self.held.store(kind).lost();
+        }
+    }
+
     /// Starts the watches of this cluster; they run until the set is dropped.
     /// `watch_timeout`: how long one watch request lasts before it is
     /// renewed (each renewal is authorized and checked anew); `None` for
@@ -198,6 +229,7 @@ impl Cluster {
             config(),
             self.routes.clone(),
             b,
+            self.health.clone(),
         ));
         tasks.spawn(keep_watching(
             "toggle-namespace",
@@ -205,6 +237,7 @@ impl Cluster {
             config().fields(&format!("metadata.name={}", self.settings.calico_namespace)),
             self.toggle.clone(),
             b,
+            self.health.clone(),
         ));
         let ns = &self.settings.calico_namespace;
         tasks.spawn(keep_watching(
@@ -216,6 +249,7 @@ impl Cluster {
                 self.calico_node.clone(),
             )),
             b,
+            self.health.clone(),
         ));
         tasks.spawn(keep_watching(
             "calico-configmap",
@@ -226,6 +260,7 @@ impl Cluster {
                 self.config_map.clone(),
             )),
             b,
+            self.health.clone(),
         ));
         tasks.spawn(keep_watching(
             "calico-ippools",
@@ -233,6 +268,7 @@ impl Cluster {
             config(),
             Arc::new(self.held.store(CalicoKind::IpPool)),
             b,
+            self.health.clone(),
         ));
     }
 }

@@ -48,31 +48,77 @@ impl Toggle {
     }
 }
 
+/// Where the guard's on/off comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardSource {
+    /// The toggle namespace's own annotation (single-cluster mode).
+    Namespace,
+    /// Decided outside the cluster (Gardener mode: the Shoot's annotation,
+    /// its hibernation and deletion), set by [`ToggleState::set_guard`];
+    /// the namespace annotation's guard is then ignored, and cancel and
+    /// force still come from the namespace.
+    External,
+}
+
 /// The toggle of one cluster, fed by [`crate::cluster::watch::keep_watching`].
 #[derive(Debug)]
 pub struct ToggleState {
     namespace: String,
+    source: GuardSource,
+    /// What the namespace says (its guard ignored with an external source).
     current: RwLock<Toggle>,
+    /// The external guard (`None` while unknown).
+    external: RwLock<Option<bool>>,
     listed: RwLock<Option<Toggle>>,
     changed: tokio::sync::watch::Sender<Toggle>,
 }
 
 impl ToggleState {
     pub fn new(namespace: impl Into<String>) -> Self {
+        Self::with_source(namespace, GuardSource::Namespace)
+    }
+
+    pub fn with_source(namespace: impl Into<String>, source: GuardSource) -> Self {
         Self {
             namespace: namespace.into(),
+            source,
             current: RwLock::default(),
+            external: RwLock::default(),
             listed: RwLock::default(),
             changed: tokio::sync::watch::Sender::new(Toggle::default()),
         }
+    }
+
+    /// Sets the external guard (ignored with [`GuardSource::Namespace`]);
+    /// `None`: unknown, so the toggle is not synced.
+    pub fn set_guard(&self, guard: Option<bool>) {
+        if self.source != GuardSource::External {
+            return;
+        }
+        let before = self.get();
+        *self.external.write().unwrap_or_else(|e| e.into_inner()) = guard;
+        self.publish(before);
     }
 
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
+    /// The toggle as the gate reads it: with an external source, synced
+    /// only when both the namespace and the external guard are known.
     pub fn get(&self) -> Toggle {
-        *self.current.read().expect("toggle lock")
+        let ns = *self.current.read().unwrap_or_else(|e| e.into_inner());
+        match self.source {
+            GuardSource::Namespace => ns,
+            GuardSource::External => {
+                let external = *self.external.read().unwrap_or_else(|e| e.into_inner());
+                Toggle {
+                    synced: ns.synced && external.is_some(),
+                    guard: external.unwrap_or(false),
+                    ..ns
+                }
+            }
+        }
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Toggle> {
@@ -80,7 +126,13 @@ impl ToggleState {
     }
 
     fn set(&self, t: Toggle) {
-        let before = std::mem::replace(&mut *self.current.write().expect("toggle lock"), t);
+        let before = self.get();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = t;
+        self.publish(before);
+    }
+
+    fn publish(&self, before: Toggle) {
+        let t = self.get();
         if before != t {
             if before.guard != t.guard || !before.synced {
                 tracing::info!(namespace = %self.namespace, guard = t.guard, synced = t.synced, "overlay switch guard toggle");
@@ -97,13 +149,13 @@ impl ToggleState {
 
 impl crate::cluster::watch::Store<Namespace> for ToggleState {
     fn relist_begin(&self) {
-        *self.listed.write().expect("toggle lock") = None;
+        *self.listed.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.set(Toggle::default());
     }
 
     fn relist_apply(&self, ns: Namespace) {
         if let Some(t) = self.toggle_of(&ns) {
-            *self.listed.write().expect("toggle lock") = Some(t);
+            *self.listed.write().unwrap_or_else(|e| e.into_inner()) = Some(t);
         }
     }
 
@@ -112,7 +164,7 @@ impl crate::cluster::watch::Store<Namespace> for ToggleState {
         let t = self
             .listed
             .write()
-            .expect("toggle lock")
+            .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or(Toggle {
                 synced: true,
@@ -211,6 +263,42 @@ mod tests {
         );
         s.lost();
         assert!(!s.get().synced);
+    }
+
+    #[test]
+    fn an_external_guard_overrides_the_namespace_annotation_only() {
+        let s = ToggleState::with_source("kube-system", GuardSource::External);
+        let mut changes = s.subscribe();
+        s.relist_begin();
+        s.relist_apply(ns(
+            "kube-system",
+            &[(GUARD_ANNOTATION, "true"), (CANCEL_ANNOTATION, "true")],
+        ));
+        s.relist_done();
+        assert!(!s.get().synced, "the external guard is still unknown");
+        s.set_guard(Some(false));
+        assert_eq!(
+            s.get(),
+            Toggle {
+                synced: true,
+                guard: false,
+                cancel: true,
+                force: false
+            },
+            "the namespace's guard annotation is ignored, its cancel is not"
+        );
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        s.set_guard(Some(true));
+        assert!(s.get().guard && changes.has_changed().unwrap());
+        s.set_guard(None);
+        assert!(!s.get().synced && !s.get().guard);
+        s.lost();
+        s.set_guard(Some(true));
+        assert!(!s.get().synced, "a broken namespace watch is unknown too");
+        let plain = ToggleState::new("kube-system");
+        plain.set_guard(Some(true));
+        assert!(!plain.get().guard, "ignored without an external source");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! its sync (so its answers turn to "unknown"), and the watch is started again
 //! from a fresh list after a back-off: state is never resumed on a guess.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -91,13 +92,57 @@ impl Default for Backoff {
     }
 }
 
-/// Runs until the task is dropped. `what` names the watch in logs.
+/// Why a cluster's state is unknown, in words for warnings and status: the
+/// last error of each broken watch (cleared when it lists again), and a
+/// problem its owner sets (e.g. no credentials to reach the cluster).
+#[derive(Debug, Default)]
+pub struct Health {
+    errors: Mutex<BTreeMap<&'static str, String>>,
+    access: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn watch_failed(&self, what: &'static str, error: String) {
+        lock(&self.errors).insert(what, error);
+    }
+
+    pub fn watch_synced(&self, what: &'static str) {
+        lock(&self.errors).remove(what);
+    }
+
+    /// Sets (or, with `None`, clears) why the cluster cannot be reached at all.
+    pub fn set_access_problem(&self, problem: Option<String>) {
+        *lock(&self.access) = problem;
+    }
+
+    /// The access problem, else the broken watches with their last errors.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(p) = lock(&self.access).clone() {
+            return Some(p);
+        }
+        let errors = lock(&self.errors);
+        let (first, error) = errors.iter().next()?;
+        let more = match errors.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        Some(format!("watch of {first} failed{more}: {error}"))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs until the task is dropped. `what` names the watch in logs and in
+/// `health`.
 pub async fn keep_watching<K, S>(
     what: &'static str,
     api: Api<K>,
     config: watcher::Config,
     store: Arc<S>,
     backoff: Backoff,
+    health: Arc<Health>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     S: Store<K> + ?Sized,
@@ -112,6 +157,7 @@ pub async fn keep_watching<K, S>(
                 Ok(Event::InitApply(obj)) => store.relist_apply(obj),
                 Ok(Event::InitDone) => {
                     store.relist_done();
+                    health.watch_synced(what);
                     if !healthy {
                         tracing::info!(watch = what, "watch synced");
                     }
@@ -127,6 +173,7 @@ pub async fn keep_watching<K, S>(
                         store.lost();
                     }
                     tracing::warn!(watch = what, %error, retry_in = ?delay, "watch failed; state unknown until it is listed again");
+                    health.watch_failed(what, error.to_string());
                     break;
                 }
             }
@@ -134,5 +181,28 @@ pub async fn keep_watching<K, S>(
         drop(stream);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(backoff.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn health_names_the_access_problem_first_then_broken_watches() {
+        let h = Health::default();
+        assert_eq!(h.problem(), None);
+        h.watch_failed("nodes", "connection refused".into());
+        h.watch_failed("calico-ippools", "connection refused".into());
+        assert_eq!(
+            h.problem().as_deref(),
+            Some("watch of calico-ippools failed (and 1 more): connection refused")
+        );
+        h.set_access_problem(Some("no access secret".into()));
+        assert_eq!(h.problem().as_deref(), Some("no access secret"));
+        h.set_access_problem(None);
+        h.watch_synced("calico-ippools");
+        h.watch_synced("nodes");
+        assert_eq!(h.problem(), None);
     }
 }

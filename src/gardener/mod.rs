@@ -1,1 +1,16 @@
-//! Gardener mode (seed): one server guards many shoots.
+//! Gardener mode (in the seed): one server guards many shoots. The seed's
+//! `Cluster` resources say which shoots are guarded ([`shoot`]); each
+//! guarded shoot is one [`crate::cluster::Cluster`] value reached through
+//! its access Secret ([`access`]) and served under its own path
+//! ([`shoots`], [`http`]); its webhook is registered in the shoot through a
+//! ManagedResource ([`registration`], kept by [`reconcile`]).
+//!
+//! The per-cluster core does not know about Gardener: this module only
+//! builds `Cluster` values and sets their guard from outside.
+
+pub mod access;
+pub mod http;
+pub mod reconcile;
+pub mod registration;
+pub mod shoot;
+pub mod shoots;

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod node_status;
 pub mod tls;
 pub mod webhook;
+pub mod webhook_config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,6 +119,16 @@ impl AppState {
     }
 }
 
+/// A review's response body as the HTTP response.
+pub fn json_response(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 fn bad_request(message: &str) -> Response {
     let body = admission::encode(admission::error_response(None, message));
     (
@@ -129,7 +140,7 @@ fn bad_request(message: &str) -> Response {
 }
 
 /// The body of a review, or the response refusing it.
-async fn review_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
+pub async fn review_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -157,19 +168,7 @@ async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         Err(refused) => return refused,
     };
     let (body, outcome) = state.webhook.review(&bytes);
-    let elapsed = started.elapsed();
-    tracing::info!(
-        uid = %outcome.uid,
-        kind = %outcome.kind,
-        object = %outcome.object,
-        operation = outcome.operation,
-        dry_run = outcome.dry_run,
-        decision = outcome.decision.as_str(),
-        verdict = outcome.verdict,
-        message = outcome.message.as_deref().unwrap_or(""),
-        duration_us = elapsed.as_micros() as u64,
-        "admission review"
-    );
+    log_review(&outcome, started.elapsed(), None);
     if !outcome.dry_run
         && let Some(hook) = &state.on_outcome
     {
@@ -200,28 +199,7 @@ async fn mutate_node_status(
         state
             .node_status
             .review(&state.webhook.cluster, &state.webhook.metrics, &bytes);
-    let duration_us = started.elapsed().as_micros() as u64;
-    if o.is_kept() {
-        // One line per kept condition; never an Event (calico-node writes on
-        // every start and stop of every node).
-        let (written, kept) = (o.written.clone().unwrap_or_default(), o.kept.clone());
-        tracing::debug!(
-            uid = %o.uid,
-            node = %o.node,
-            user = %o.user,
-            dry_run = o.dry_run,
-            verdict = o.verdict,
-            written_status = written.status.as_deref().unwrap_or(""),
-            written_reason = written.reason.as_deref().unwrap_or(""),
-            kept = ?kept,
-            duration_us,
-            "NetworkUnavailable write not applied"
-        );
-    } else if matches!(o.verdict, "unreadable" | "malformed") {
-        tracing::warn!(uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, "node status review passed unchanged");
-    } else {
-        tracing::debug!(uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, duration_us, "node status review");
-    }
+    log_node_status(&o, started.elapsed(), None);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -230,7 +208,7 @@ async fn mutate_node_status(
         .into_response()
 }
 
-async fn healthz() -> &'static str {
+pub async fn healthz() -> &'static str {
     "ok"
 }
 
@@ -335,5 +313,50 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+/// The log line of one review of a Calico object (`shoot` in Gardener mode).
+pub fn log_review(outcome: &Outcome, elapsed: Duration, shoot: Option<&str>) {
+    tracing::info!(
+        shoot = shoot.unwrap_or(""),
+        uid = %outcome.uid,
+        kind = %outcome.kind,
+        object = %outcome.object,
+        operation = outcome.operation,
+        dry_run = outcome.dry_run,
+        decision = outcome.decision.as_str(),
+        verdict = outcome.verdict,
+        message = outcome.message.as_deref().unwrap_or(""),
+        duration_us = elapsed.as_micros() as u64,
+        "admission review"
+    );
+}
+
+/// The log line of one review of calico-node's node status write.
+pub fn log_node_status(o: &node_status::NodeOutcome, elapsed: Duration, shoot: Option<&str>) {
+    let duration_us = elapsed.as_micros() as u64;
+    let shoot = shoot.unwrap_or("");
+    if o.is_kept() {
+        // One line per kept condition; never an Event (calico-node writes on
+        // every start and stop of every node).
+        let (written, kept) = (o.written.clone().unwrap_or_default(), o.kept.clone());
+        tracing::debug!(
+            shoot,
+            uid = %o.uid,
+            node = %o.node,
+            user = %o.user,
+            dry_run = o.dry_run,
+            verdict = o.verdict,
+            written_status = written.status.as_deref().unwrap_or(""),
+            written_reason = written.reason.as_deref().unwrap_or(""),
+            kept = ?kept,
+            duration_us,
+            "NetworkUnavailable write not applied"
+        );
+    } else if matches!(o.verdict, "unreadable" | "malformed") {
+        tracing::warn!(shoot, uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, "node status review passed unchanged");
+    } else {
+        tracing::debug!(shoot, uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, duration_us, "node status review");
     }
 }

@@ -254,6 +254,12 @@ impl Webhook {
             }
             Verdict::Hold(why) => {
                 let switch = switch.expect("only switches are held");
+                // Unknown state: say why it is unknown (a broken watch, a
+                // cluster that cannot be reached).
+                let why = match self.cluster.health.problem() {
+                    Some(problem) if !self.cluster.synced() => format!("{why}; {problem}"),
+                    _ => why,
+                };
                 let since = old_record.as_ref().map_or(now, |r| r.since);
                 let record = Record {
                     intent: match &joined {

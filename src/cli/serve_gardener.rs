@@ -1,0 +1,115 @@
+//! `overlay-switch-webhook serve --gardener`: in the seed, watches the
+//! Gardener `Cluster`s, serves every guarded shoot under its own path, and
+//! keeps each shoot's registration.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::watcher;
+
+use super::serve::{ServeArgs, client, serve_until_stopped};
+use crate::cluster::watch::{Backoff, Health, keep_watching};
+use crate::gardener::http::{self, GardenerState, ShootGauges};
+use crate::gardener::reconcile::{self, RegistrationConfig};
+use crate::gardener::registration;
+use crate::gardener::shoots::{ReleaseConfig, ShootConfig, Shoots};
+use crate::server::node_status::NodeStatusGuard;
+use crate::server::tls::CertFiles;
+
+pub fn cluster_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("extensions.gardener.cloud", "v1alpha1", "Cluster"),
+        "clusters",
+    )
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let g = &args.gardener;
+    let base_url = g.webhook_base_url.clone().context(
+        "--gardener needs --webhook-base-url (where the shoots' API servers reach this server)",
+    )?;
+    let ca_file = g
+        .ca_file
+        .clone()
+        .context("--gardener needs --ca-file (the CA bundle for the shoots' registrations)")?;
+    let ca = std::fs::read_to_string(&ca_file)
+        .with_context(|| format!("reading the CA bundle {}", ca_file.display()))?;
+    // Fail at start, not per shoot, when the registration cannot be made.
+    registration::render(
+        &base_url,
+        "shoot--check--start",
+        &ca,
+        &args.calico_node_users,
+    )
+    .context("the shoots' registration cannot be made")?;
+
+    let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
+        .context("loading the serving certificate")?;
+    let tls = Arc::new(certs.server_config()?);
+    let seed = client(args.kubeconfig.as_deref()).await?;
+
+    let (mut registry, metrics) = crate::metrics::registry();
+    let gauges = ShootGauges::register(&mut registry);
+    let config = ShootConfig {
+        settings: args.cluster.settings(),
+        access: g.access.access(),
+        access_refresh: g.shoot_access_refresh,
+        watch_timeout: Some(args.watch_timeout),
+        release: args.release.then(|| ReleaseConfig {
+            lease_duration: args.release_lease_duration,
+            pod_name: args.pod_name.clone(),
+        }),
+    };
+    let shoots = Shoots::new(Some(seed.clone()), config, metrics.clone());
+    let state = GardenerState::with_parts(
+        shoots.clone(),
+        metrics,
+        gauges,
+        registry,
+        NodeStatusGuard::new(args.calico_node_users.clone()),
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(certs.clone().watch(args.tls_reload_interval));
+    let watch_config = watcher::Config::default().timeout(args.watch_timeout);
+    tasks.spawn(keep_watching(
+        "gardener-clusters",
+        Api::<DynamicObject>::all_with(seed.clone(), &cluster_resource()),
+        watch_config,
+        shoots.clone(),
+        Backoff::default(),
+        Arc::new(Health::default()),
+    ));
+    tasks.spawn(reconcile::run(
+        shoots.clone(),
+        seed.clone(),
+        RegistrationConfig {
+            names: g.access.names(),
+            base_url: base_url.clone(),
+            ca_file,
+            calico_node_users: args.calico_node_users.clone(),
+        },
+    ));
+    tracing::info!(base_url = %base_url, "Gardener mode: guarding every shoot whose Shoot has the annotation");
+
+    let routers = (
+        http::webhook_router(state.clone()),
+        http::admin_router(state.clone()),
+    );
+    let not_ready = {
+        let state = state.clone();
+        move || state.shutting_down.store(true, Ordering::Relaxed)
+    };
+    let failed = serve_until_stopped(&args, tls, routers, &mut tasks, not_ready).await?;
+    // The shoots' watches and release controllers stop with them; their
+    // release leases expire by themselves.
+    tasks.shutdown().await;
+    shoots.stop_all();
+    tracing::info!("stopped");
+    match failed {
+        None => Ok(()),
+        Some(_) => anyhow::bail!("a background task stopped (see the log)"),
+    }
+}

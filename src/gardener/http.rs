@@ -1,0 +1,380 @@
+//! The HTTP side of Gardener mode: the per-shoot webhook paths
+//! (`/shoots/{namespace}/mutate`, `/shoots/{namespace}/mutate-node-status`),
+//! each judged with that shoot's state only, and the admin port
+//! (`/healthz`, `/readyz`, `/metrics` with per-shoot gauges, `/shoots`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::jiff::Timestamp;
+use kube::core::admission::AdmissionResponse;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use super::shoots::{Shoots, Target};
+use crate::cluster::gate;
+use crate::metrics::Metrics;
+use crate::server::node_status::NodeStatusGuard;
+use crate::server::{self, admission};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShootLabels {
+    pub shoot: String,
+}
+
+/// Gauges with a `shoot` label: as many series as served shoots.
+#[derive(Clone, Default)]
+pub struct ShootGauges {
+    pub synced: Family<ShootLabels, Gauge>,
+    pub guard_enabled: Family<ShootLabels, Gauge>,
+    pub held_objects: Family<ShootLabels, Gauge>,
+    pub nodes: Family<ShootLabels, Gauge>,
+    pub nodes_with_route: Family<ShootLabels, Gauge>,
+    pub release_lease_holder: Family<ShootLabels, Gauge>,
+    pub served: Gauge,
+    pub clusters_synced: Gauge,
+}
+
+impl ShootGauges {
+    pub fn register(registry: &mut Registry) -> Self {
+        let g = Self::default();
+        let r = registry;
+        r.register(
+            "overlay_switch_shoot_synced",
+            "Whether every watch of the shoot has synced (1) or its state is unknown (0)",
+            g.synced.clone(),
+        );
+        r.register(
+            "overlay_switch_shoot_guard_enabled",
+            "Whether the shoot's guard is on",
+            g.guard_enabled.clone(),
+        );
+        r.register(
+            "overlay_switch_shoot_held_objects",
+            "Calico objects of the shoot with a held switch",
+            g.held_objects.clone(),
+        );
+        r.register(
+            "overlay_switch_shoot_nodes",
+            "Nodes of the shoot",
+            g.nodes.clone(),
+        );
+        r.register(
+            "overlay_switch_shoot_nodes_with_route",
+            "Nodes of the shoot whose route exists",
+            g.nodes_with_route.clone(),
+        );
+        r.register(
+            "overlay_switch_shoot_release_lease_holder",
+            "Whether this replica holds the shoot's release lease",
+            g.release_lease_holder.clone(),
+        );
+        r.register(
+            "overlay_switch_shoots",
+            "Shoots served by this server",
+            g.served.clone(),
+        );
+        r.register(
+            "overlay_switch_clusters_synced",
+            "Whether the seed's Gardener Clusters are listed and watched",
+            g.clusters_synced.clone(),
+        );
+        g
+    }
+
+    /// Sets every gauge from the served shoots (series of shoots no longer
+    /// served are dropped).
+    pub fn update(&self, shoots: &Shoots) {
+        for f in [
+            &self.synced,
+            &self.guard_enabled,
+            &self.held_objects,
+            &self.nodes,
+            &self.nodes_with_route,
+            &self.release_lease_holder,
+        ] {
+            f.clear();
+        }
+        let served = shoots.served();
+        self.served.set(served.len() as i64);
+        self.clusters_synced.set(i64::from(shoots.synced()));
+        for s in served {
+            let l = ShootLabels {
+                shoot: s.namespace.clone(),
+            };
+            let c = &s.cluster;
+            let routes = c.routes.snapshot(0);
+            self.synced.get_or_create(&l).set(i64::from(c.synced()));
+            self.guard_enabled
+                .get_or_create(&l)
+                .set(i64::from(c.toggle.get().guard));
+            self.held_objects
+                .get_or_create(&l)
+                .set(c.held.held().map_or(0, |h| h.len() as i64));
+            self.nodes.get_or_create(&l).set(routes.total as i64);
+            self.nodes_with_route
+                .get_or_create(&l)
+                .set(routes.with_route as i64);
+            self.release_lease_holder
+                .get_or_create(&l)
+                .set(s.lease_holder.get());
+        }
+    }
+}
+
+pub struct GardenerState {
+    pub shoots: Arc<Shoots>,
+    pub metrics: Metrics,
+    pub gauges: ShootGauges,
+    pub registry: Registry,
+    pub node_status: NodeStatusGuard,
+    pub shutting_down: AtomicBool,
+}
+
+impl GardenerState {
+    pub fn new(shoots: Arc<Shoots>, node_status: NodeStatusGuard) -> Arc<Self> {
+        let (mut registry, metrics) = crate::metrics::registry();
+        let gauges = ShootGauges::register(&mut registry);
+        Self::with_parts(shoots, metrics, gauges, registry, node_status)
+    }
+
+    /// With a metrics registry made by the caller (the shoots' release
+    /// controllers count into the same `metrics`).
+    pub fn with_parts(
+        shoots: Arc<Shoots>,
+        metrics: Metrics,
+        gauges: ShootGauges,
+        registry: Registry,
+        node_status: NodeStatusGuard,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shoots,
+            metrics,
+            gauges,
+            registry,
+            node_status,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Ready once the seed's `Cluster`s are listed. A shoot that cannot be
+    /// reached does not make the server unready: it holds that shoot's
+    /// switches, and `/shoots` and the metrics say so.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if !self.shoots.synced() {
+            return Err("not synced: the seed's Gardener Cluster watch".into());
+        }
+        Ok(())
+    }
+}
+
+/// The answer for a review that is not judged by a shoot: admitted
+/// unchanged, or refused with `why`.
+fn unjudged(bytes: &[u8], refuse: Option<&str>) -> Vec<u8> {
+    let resp = match admission::decode(bytes) {
+        Ok(review) => {
+            let allow = AdmissionResponse::from(&review.request);
+            match refuse {
+                Some(why) => allow.deny(why),
+                None => allow,
+            }
+        }
+        Err((uid, e)) => admission::error_response(uid, &e.to_string()),
+    };
+    admission::encode(resp)
+}
+
+async fn mutate(
+    State(state): State<Arc<GardenerState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let bytes = match server::review_body(&headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    match state.shoots.target(&namespace) {
+        Target::Shoot(shoot) => {
+            let (body, outcome) = shoot.webhook.review(&bytes);
+            server::log_review(&outcome, started.elapsed(), Some(&namespace));
+            shoot.publish_held(&outcome);
+            server::json_response(body)
+        }
+        Target::Unguarded => {
+            tracing::debug!(shoot = %namespace, "review of a shoot whose guard is off: admitted");
+            server::json_response(unjudged(&bytes, None))
+        }
+        Target::Refuse(why) => {
+            tracing::warn!(shoot = %namespace, %why, "review refused");
+            server::json_response(unjudged(&bytes, Some(&why)))
+        }
+    }
+}
+
+/// calico-node's node status writes of a shoot: judged while it is served,
+/// else admitted unchanged (this webhook never blocks them).
+async fn mutate_node_status(
+    State(state): State<Arc<GardenerState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let bytes = match server::review_body(&headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    match state.shoots.get(&namespace) {
+        Some(shoot) => {
+            let (body, o) = state
+                .node_status
+                .review(&shoot.cluster, &state.metrics, &bytes);
+            server::log_node_status(&o, started.elapsed(), Some(&namespace));
+            server::json_response(body)
+        }
+        None => server::json_response(unjudged(&bytes, None)),
+    }
+}
+
+pub fn webhook_router(state: Arc<GardenerState>) -> Router {
+    Router::new()
+        .route(
+            &format!("/shoots/{{namespace}}{}", server::MUTATE_PATH),
+            post(mutate),
+        )
+        .route(
+            &format!("/shoots/{{namespace}}{}", server::NODE_STATUS_PATH),
+            post(mutate_node_status),
+        )
+        .with_state(state)
+}
+
+/// One served shoot, as `/shoots` reports it.
+#[derive(Debug, Serialize, serde::Deserialize, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShootReport {
+    pub namespace: String,
+    /// What its Cluster says: on, off, hibernated, deleting, unreadable;
+    /// `gone` when the Cluster no longer exists.
+    pub guard: String,
+    pub served: bool,
+    /// Every watch of the shoot has synced.
+    pub synced: bool,
+    /// Why its state is unknown, when it is.
+    pub problem: Option<String>,
+    pub nodes: usize,
+    pub nodes_with_route: usize,
+    /// `None` when open.
+    pub gate_closed: Option<String>,
+    pub held: Vec<String>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShootsReport {
+    pub clusters_synced: bool,
+    pub shoots: Vec<ShootReport>,
+}
+
+/// Every shoot with a Cluster, and every served one.
+pub fn report(shoots: &Shoots) -> ShootsReport {
+    let guards = shoots.guards();
+    let mut rows: Vec<ShootReport> = guards
+        .iter()
+        .map(|(ns, g)| ShootReport {
+            namespace: ns.clone(),
+            guard: g.as_str().into(),
+            served: false,
+            synced: false,
+            problem: match g {
+                super::shoot::Guard::Unreadable(why) => Some(why.clone()),
+                _ => None,
+            },
+            nodes: 0,
+            nodes_with_route: 0,
+            gate_closed: None,
+            held: vec![],
+        })
+        .collect();
+    for s in shoots.served() {
+        let c = &s.cluster;
+        let routes = c.routes.snapshot(c.settings.max_named_nodes);
+        let row = ShootReport {
+            namespace: s.namespace.clone(),
+            guard: guards
+                .get(&s.namespace)
+                .map_or("gone", |g| g.as_str())
+                .into(),
+            served: true,
+            synced: c.synced(),
+            problem: c.health.problem().filter(|_| !c.synced()),
+            nodes: routes.total,
+            nodes_with_route: routes.with_route,
+            gate_closed: match gate::routes_gate(&routes, c.settings.settle, Timestamp::now()) {
+                gate::Gate::Open => None,
+                gate::Gate::Closed(why) => Some(why),
+            },
+            held: c
+                .held
+                .held()
+                .map(|h| h.iter().map(|o| o.key.to_string()).collect())
+                .unwrap_or_else(|| vec!["(unknown)".into()]),
+        };
+        match rows.iter_mut().find(|r| r.namespace == s.namespace) {
+            Some(r) => *r = row,
+            None => rows.push(row),
+        }
+    }
+    ShootsReport {
+        clusters_synced: shoots.synced(),
+        shoots: rows,
+    }
+}
+
+async fn shoots_report(State(state): State<Arc<GardenerState>>) -> Response {
+    axum::Json(report(&state.shoots)).into_response()
+}
+
+async fn readyz(State(state): State<Arc<GardenerState>>) -> Response {
+    match state.ready() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<GardenerState>>) -> Response {
+    state.gauges.update(&state.shoots);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::encode(&state.registry),
+    )
+        .into_response()
+}
+
+pub fn admin_router(state: Arc<GardenerState>) -> Router {
+    Router::new()
+        .route("/healthz", get(server::healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/shoots", get(shoots_report))
+        .with_state(state)
+}
