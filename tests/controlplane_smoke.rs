@@ -236,6 +236,15 @@ fn extra_apiservers_share_etcd_but_not_objects() {
         .unwrap();
     let dir_b = b.dir().to_path_buf();
     drop(b);
+    // Killed outright, as a crash.
+    let mut c = cp.start_apiserver("/smoke-c").unwrap();
+    let pid_c = c.pid();
+    c.kill();
+    assert_eq!(c.pid(), 0);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid_c}")).exists(),
+        "c left"
+    );
     assert!(
         !std::path::Path::new(&format!("/proc/{pid_b}")).exists(),
         "b left"

@@ -484,9 +484,20 @@ current-context: test
     }
 
     /// Stops it (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and reaps it;
-    /// nothing if already stopped. Its etcd data stays.
+    /// nothing if already stopped. Its etcd data stays. kube-apiserver
+    /// waits for open watches before it exits, so with a client watching
+    /// this takes the whole grace period: see [`Self::kill`].
     pub fn stop(&mut self) {
         stop_child(&mut self.process);
+    }
+
+    /// Kills it at once (SIGKILL, as a crash: its connections are reset)
+    /// and reaps it; nothing if already stopped. Its etcd data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.process.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// kubectl (bin_dir's, else PATH's) with `--kubeconfig` set, and its
