@@ -10,7 +10,7 @@ METRICS_PORT ?= 8080
 # e2e tests each start their own kube-apiserver + etcd; two at a time fit 2 cores.
 TEST_THREADS ?= 2
 
-.PHONY: build test unit e2e certs run lint fmt controlplane webhook-config demo dev-up dev-down bench clean
+.PHONY: build test unit e2e certs run lint fmt controlplane webhook-config demo demo-gardener dev-up dev-down bench clean
 
 build:
 	$(CARGO) build
@@ -53,6 +53,10 @@ fmt:
 ## The main job on a local control plane, start to end.
 demo: build controlplane
 	@scripts/demo.sh demo
+
+## Gardener mode: a seed and a shoot, the server guarding the shoot.
+demo-gardener: build controlplane
+	@scripts/demo.sh gardener
 
 ## A local control plane + webhook left running; prints `export KUBECONFIG=...`.
 dev-up: build controlplane

@@ -7,6 +7,10 @@
 #         and the switch going through by itself; then calico-node restarting
 #         on a node without overwriting its route condition; then clean up.
 #   up    the same environment, left running; prints `export KUBECONFIG=...`.
+#   gardener  the Gardener mode: a "seed" and a "shoot" kube-apiserver on one
+#         etcd, the server in the seed (`serve --gardener`), the shoot's guard
+#         turned on by its Cluster's Shoot annotation, its registration written
+#         as a ManagedResource, a held switch released by itself, the guard off.
 #   down  stops what `up` started.
 #
 # Everything lives in .dev/ (git-ignored); only loopback addresses are used.
@@ -32,52 +36,62 @@ wait_for() { # what, seconds, command...
 
 kc() { "$cp/kubectl" --kubeconfig "$dev/kubeconfig" "$@"; }
 
-up() {
-  if [[ -f "$dev/pids" ]]; then echo "already up (make dev-down first)"; exit 1; fi
-  cp="$("$root/tests/controlplane/build.sh")"
-  mkdir -p "$dev/pki"
-  echo "$cp" > "$dev/bindir"
-  local etcd_port peer_port api_port hook_port metrics_port token
-  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
-  hook_port=$(free_port); metrics_port=$(free_port)
-  token="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  echo "$token,admin,admin,system:masters" > "$dev/tokens.csv"
-  openssl genrsa -out "$dev/pki/sa.key" 2048 2>/dev/null
-
+start_etcd() { # sets etcd_url
+  local etcd_port peer_port
+  etcd_port=$(free_port); peer_port=$(free_port)
+  etcd_url="http://127.0.0.1:$etcd_port"
   "$cp/etcd" --name dev --data-dir "$dev/etcd" \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "dev=http://127.0.0.1:$peer_port" --unsafe-no-fsync >"$dev/etcd.log" 2>&1 &
   echo $! >> "$dev/pids"
-  "$cp/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --cert-dir "$dev/pki" --token-auth-file "$dev/tokens.csv" --authorization-mode RBAC \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$dev/pki/sa.key" --service-account-signing-key-file "$dev/pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true >"$dev/kube-apiserver.log" 2>&1 &
-  echo $! >> "$dev/pids"
+}
 
+start_apiserver() { # dir etcd-prefix: a kube-apiserver on the shared etcd, its kubeconfig in dir/kubeconfig
+  local d=$1 prefix=$2 api_port
+  api_port=$(free_port)
+  mkdir -p "$d/pki"
+  [[ -f "$dev/tokens.csv" ]] || echo "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'),admin,admin,system:masters" > "$dev/tokens.csv"
+  [[ -f "$dev/sa.key" ]] || openssl genrsa -out "$dev/sa.key" 2048 2>/dev/null
+  "$cp/kube-apiserver" --etcd-servers "$etcd_url" --etcd-prefix "$prefix" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --cert-dir "$d/pki" --token-auth-file "$dev/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$dev/sa.key" --service-account-signing-key-file "$dev/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true >"$d/kube-apiserver.log" 2>&1 &
+  echo $! >> "$dev/pids"
   # kube-apiserver writes a self-signed serving cert for 127.0.0.1: trust exactly it.
-  wait_for "kube-apiserver serving cert" 60 test -s "$dev/pki/apiserver.crt"
-  cat > "$dev/kubeconfig" <<KC
+  wait_for "kube-apiserver serving cert" 60 test -s "$d/pki/apiserver.crt"
+  cat > "$d/kubeconfig" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: dev
   cluster:
     server: https://127.0.0.1:$api_port
-    certificate-authority: $dev/pki/apiserver.crt
+    certificate-authority-data: $(base64 -w0 "$d/pki/apiserver.crt")
 users:
 - name: admin
   user:
-    token: $token
+    token: $(cut -d, -f1 "$dev/tokens.csv")
 contexts:
 - name: dev
   context: {cluster: dev, user: admin}
 current-context: dev
 KC
-  wait_for "kube-apiserver" 60 kc get --raw /readyz
-  wait_for "namespace kube-system" 30 kc get namespace kube-system
+  wait_for "kube-apiserver" 60 "$cp/kubectl" --kubeconfig "$d/kubeconfig" get --raw /readyz
+  wait_for "namespace kube-system" 30 "$cp/kubectl" --kubeconfig "$d/kubeconfig" get namespace kube-system
+}
+
+up() {
+  if [[ -f "$dev/pids" ]]; then echo "already up (make dev-down first)"; exit 1; fi
+  cp="$("$root/tests/controlplane/build.sh")"
+  mkdir -p "$dev"
+  echo "$cp" > "$dev/bindir"
+  local hook_port metrics_port
+  hook_port=$(free_port); metrics_port=$(free_port)
+  start_etcd
+  start_apiserver "$dev" /registry
 
   "$bin" certs --out-dir "$dev/certs" >/dev/null 2>&1
   "$bin" --log-format text serve --kubeconfig "$dev/kubeconfig" \
@@ -209,9 +223,106 @@ RBAC
   bold "Cleaning up"
 }
 
+# ---- Gardener mode: one server in the "seed" guards the shoots ----------------
+ks() { "$cp/kubectl" --kubeconfig "$dev/kubeconfig" "$@"; }        # the seed
+ka() { "$cp/kubectl" --kubeconfig "$dev/shoot-a/kubeconfig" "$@"; } # shoot A
+SHOOT=shoot--demo--a
+
+cluster_of() { # namespace annotation-value: the Gardener Cluster of a shoot
+  ks apply -f - >/dev/null <<CL
+apiVersion: extensions.gardener.cloud/v1alpha1
+kind: Cluster
+metadata: {name: $1}
+spec:
+  cloudProfile: {apiVersion: core.gardener.cloud/v1beta1, kind: CloudProfile, metadata: {name: demo}}
+  seed: {apiVersion: core.gardener.cloud/v1beta1, kind: Seed, metadata: {name: demo}}
+  shoot:
+    apiVersion: core.gardener.cloud/v1beta1
+    kind: Shoot
+    metadata: {name: a, namespace: garden-demo, annotations: {$GUARD: "$2"}}
+    spec: {hibernation: {enabled: false}}
+CL
+}
+
+demo_gardener() {
+  trap down EXIT
+  [[ -f "$dev/pids" ]] && { echo "already up (make dev-down first)"; exit 1; }
+  cp="$("$root/tests/controlplane/build.sh")"
+  mkdir -p "$dev/shoot-a"; echo "$cp" > "$dev/bindir"
+  bold "A seed and one shoot: two kube-apiservers on one etcd (--etcd-prefix)"
+  start_etcd
+  start_apiserver "$dev" /registry
+  start_apiserver "$dev/shoot-a" /shoot-a
+  ks apply -f "$root/tests/fixtures/gardener/10-crd-extensions.gardener.cloud_clusters.yaml" \
+    -f "$root/tests/fixtures/gardener/10-crd-resources.gardener.cloud_managedresources.yaml" >/dev/null
+  ks wait --for condition=established crd/clusters.extensions.gardener.cloud crd/managedresources.resources.gardener.cloud >/dev/null
+  say "kubectl create namespace $SHOOT; kubectl -n $SHOOT create secret generic gardener-internal --from-file=kubeconfig=<shoot A's kubeconfig>"
+  ks create namespace "$SHOOT" >/dev/null
+  ks -n "$SHOOT" create secret generic gardener-internal --from-file=kubeconfig="$dev/shoot-a/kubeconfig" >/dev/null
+
+  bold "Shoot A runs Calico with IPIP: two nodes, one route created so far"
+  ka apply -f "$fixtures/crd-ippools.yaml" >/dev/null
+  ka wait --for condition=established crd/ippools.crd.projectcalico.org >/dev/null
+  for n in node-a node-b; do ka create -f - >/dev/null <<N
+apiVersion: v1
+kind: Node
+metadata: {name: $n}
+N
+  done
+  kc() { ka "$@"; }; cond node-a False RouteCreated
+  for f in configmap-calico-config daemonset-calico-node ippool-default-ipv4; do
+    ka apply -f "$fixtures/overlay-ipip/$f.yaml" >/dev/null
+  done
+
+  bold "The extension in the seed: overlay-switch-webhook serve --gardener"
+  local hook_port metrics_port; hook_port=$(free_port); metrics_port=$(free_port)
+  "$bin" certs --out-dir "$dev/certs" >/dev/null 2>&1
+  say "overlay-switch-webhook serve --gardener --webhook-base-url https://127.0.0.1:$hook_port --ca-file ca.crt ..."
+  "$bin" --log-format text serve --gardener --kubeconfig "$dev/kubeconfig" \
+    --webhook-base-url "https://127.0.0.1:$hook_port" --ca-file "$dev/certs/ca.crt" \
+    --tls-cert-file "$dev/certs/tls.crt" --tls-key-file "$dev/certs/tls.key" \
+    --listen-addr "127.0.0.1:$hook_port" --metrics-addr "127.0.0.1:$metrics_port" \
+    --settle-time "${SETTLE_TIME:-3s}" --shutdown-delay 0s >"$dev/webhook.log" 2>&1 &
+  echo $! >> "$dev/pids"
+  wait_for "webhook /readyz" 30 curl -sf "http://127.0.0.1:$metrics_port/readyz"
+
+  bold "Turn the guard on for shoot A: the Shoot's annotation (here, in its Cluster)"
+  say "kubectl annotate shoot a $GUARD=true"
+  cluster_of "$SHOOT" true
+  wait_for "the ManagedResource" 30 ks -n "$SHOOT" get managedresource overlay-switch-webhook
+  say "kubectl get managedresources -A -l app.kubernetes.io/managed-by=overlay-switch-webhook"
+  ks get managedresources -A -l app.kubernetes.io/managed-by=overlay-switch-webhook
+  say "(gardener-resource-manager applies its Secret into the shoot; here we do it by hand)"
+  ks -n "$SHOOT" get secret managedresource-overlay-switch-webhook -o jsonpath='{.data.mutatingwebhookconfiguration\.yaml}' \
+    | base64 -d | ka label --local -f - -o yaml resources.gardener.cloud/managed-by=gardener | ka apply -f - >/dev/null
+  ka get mutatingwebhookconfiguration overlay-switch-webhook -o jsonpath='{range .webhooks[*]}{.clientConfig.url}{"\n"}{end}' | sort -u
+  wait_for "shoot A served" 30 bash -c "curl -sf http://127.0.0.1:$metrics_port/shoots | grep -q '\"synced\":true'"
+
+  bold "Switch shoot A to native routing: held while node-b has no route"
+  say "kubectl --kubeconfig shoot-a apply -f native/ippool-default-ipv4.yaml"
+  ka apply -f "$fixtures/native/ippool-default-ipv4.yaml" 2>&1 | grep -v last-applied-configuration || true
+  say "kubectl --kubeconfig shoot-a get ippool default-ipv4-ippool -o jsonpath={.spec.ipipMode}"
+  ka get ippool default-ipv4-ippool -o jsonpath='{.spec.ipipMode}{"\n"}'
+  say "overlay-switch-webhook status --gardener --kubeconfig seed"
+  "$bin" status --gardener --kubeconfig "$dev/kubeconfig" --settle-time "${SETTLE_TIME:-3s}" || true
+
+  bold "The route controller creates node-b's route: the held switch goes through by itself"
+  cond node-b False RouteCreated
+  wait_for "the release" 60 bash -c "[[ \$('$cp/kubectl' --kubeconfig '$dev/shoot-a/kubeconfig' get ippool default-ipv4-ippool -o jsonpath='{.spec.ipipMode}') == Never ]]"
+  ka get ippool default-ipv4-ippool -o jsonpath='{.spec.ipipMode}{"\n"}'
+  "$bin" status --gardener --kubeconfig "$dev/kubeconfig" --settle-time "${SETTLE_TIME:-3s}" && echo "(exit 0: nothing held)"
+
+  bold "Turn the guard off for shoot A: its registration goes away"
+  cluster_of "$SHOOT" false
+  wait_for "the ManagedResource removed" 30 bash -c "! '$cp/kubectl' --kubeconfig '$dev/kubeconfig' -n $SHOOT get managedresource overlay-switch-webhook"
+  ks get managedresources -A
+  bold "Cleaning up"
+}
+
 case "${1:-}" in
   demo) demo ;;
+  gardener) demo_gardener ;;
   up) up; echo "export KUBECONFIG=$dev/kubeconfig"; echo "webhook log: $dev/webhook.log; stop with: make dev-down" ;;
   down) down ;;
-  *) echo "usage: $0 demo|up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|gardener|up|down" >&2; exit 2 ;;
 esac

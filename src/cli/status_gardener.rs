@@ -118,7 +118,14 @@ pub async fn rows(
 }
 
 pub fn render_table(rows: &[ShootRow]) -> String {
-    let mut out = String::from("SHOOT  GUARD  REGISTERED  ROUTED  GATE  HELD\n");
+    let mut table = vec![[
+        "SHOOT".to_string(),
+        "GUARD".into(),
+        "REGISTERED".into(),
+        "ROUTED".into(),
+        "HELD".into(),
+        "GATE".into(),
+    ]];
     for r in rows {
         let (routed, gate, held) = match &r.status {
             Some(s) => (
@@ -144,12 +151,35 @@ pub fn render_table(rows: &[ShootRow]) -> String {
                 "?".into(),
             ),
         };
-        out.push_str(&format!(
-            "{}  {}  {}  {routed}  {gate}  {held}\n",
-            r.shoot,
-            r.guard,
-            if r.registered { "yes" } else { "no" },
-        ));
+        let registered = if r.registered { "yes" } else { "no" };
+        table.push([
+            r.shoot.clone(),
+            r.guard.clone(),
+            registered.into(),
+            routed,
+            held,
+            gate,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i == 5 {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
     }
     out
 }
@@ -217,13 +247,13 @@ mod tests {
         let text = render_table(&rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
-            lines[1],
-            "shoot--p--a  on  yes  1/2  closed: 1 of 2 nodes have no route yet  IPPool default-ipv4-ippool"
-        );
-        assert_eq!(lines[2], "shoot--p--b  off  no  2/2  open  -");
-        assert_eq!(
-            lines[3],
-            "shoot--p--c  on  yes  ?  unknown: connection refused  ?"
+            lines,
+            [
+                "SHOOT        GUARD  REGISTERED  ROUTED  HELD                        GATE",
+                "shoot--p--a  on     yes         1/2     IPPool default-ipv4-ippool  closed: 1 of 2 nodes have no route yet",
+                "shoot--p--b  off    no          2/2     -                           open",
+                "shoot--p--c  on     yes         ?       ?                           unknown: connection refused",
+            ]
         );
         assert_eq!(exit_code(&rows), 1);
         assert_eq!(exit_code(&rows[1..]), 0);
