@@ -398,7 +398,9 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
             .metric(&format!("overlay_switch_shoot_synced{{shoot=\"{A}\"}}")),
         0.0
     );
-    // B is unaffected.
+    // B is unaffected. Its guard is off, so the server does not serve (nor
+    // watch) it: it has no synced state to keep; unaffected means no
+    // problem reported and its switches still pass.
     let shoot_b = g.shoot(B);
     let b = g.shoot_report(B).unwrap();
     assert!(b["problem"].is_null(), "{b}");
