@@ -2,7 +2,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use overlay_switch_webhook::cli::{serve, status};
+use overlay_switch_webhook::cli::{serve, serve_gardener, status, status_gardener};
 use overlay_switch_webhook::server::certs;
 use overlay_switch_webhook::server::webhook_config;
 
@@ -100,13 +100,21 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(serve::run(*args))?;
+            if args.gardener.gardener {
+                rt.block_on(serve_gardener::run(*args))?;
+            } else {
+                rt.block_on(serve::run(*args))?;
+            }
         }
         Command::Status(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let code = rt.block_on(status::run(*args))?;
+            let code = if args.gardener {
+                rt.block_on(status_gardener::run(*args))?
+            } else {
+                rt.block_on(status::run(*args))?
+            };
             return Ok(std::process::ExitCode::from(code));
         }
         Command::Certs {

@@ -205,9 +205,6 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if args.gardener.gardener {
-        return super::serve_gardener::run(args).await;
-    }
     let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
         .context("loading the serving certificate")?;
     let tls = Arc::new(certs.server_config()?);

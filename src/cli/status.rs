@@ -322,35 +322,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
         return Ok(crate::cli::fix_conditions::exit_code(&report));
     }
     let settings = args.cluster.settings();
-    if args.gardener {
-        use crate::cli::status_gardener as g;
-        let rows = g::rows(&client, &args.access, &settings, args.shoot.as_deref()).await?;
-        if let (Some(_), [row]) = (&args.shoot, rows.as_slice()) {
-            let Some(status) = &row.status else {
-                anyhow::bail!(
-                    "shoot {}: {}",
-                    row.shoot,
-                    row.error.as_deref().unwrap_or("cannot be read")
-                );
-            };
-            match args.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),
-                Output::Text => print!(
-                    "shoot:  {} (guard from its Shoot: {}; registered: {})\n{}",
-                    row.shoot,
-                    row.guard,
-                    if row.registered { "yes" } else { "no" },
-                    render_text(status)
-                ),
-            }
-        } else {
-            match args.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Output::Text => print!("{}", g::render_table(&rows)),
-            }
-        }
-        return Ok(g::exit_code(&rows));
-    }
     let mut status = collect(&client, &settings).await?;
     status.calico_writes_kept = crate::cli::scrape::kept(&args.metrics_urls).await;
     match args.output {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::serve::ShootAccessArgs;
 use super::serve_gardener::cluster_resource;
-use super::status::{Status, collect};
+use super::status::{Output, Status, StatusArgs, collect, render_text};
 use crate::cluster::Settings;
 use crate::gardener::shoot::{Guard, guard_of};
 use crate::gardener::{access, registration};
@@ -187,6 +187,38 @@ pub fn render_table(rows: &[ShootRow]) -> String {
 /// Exit code: 1 when any shoot holds a switch, else 0.
 pub fn exit_code(rows: &[ShootRow]) -> u8 {
     u8::from(rows.iter().any(ShootRow::holds))
+}
+
+/// `status --gardener`: runs the command; returns the exit code.
+pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
+    let client = crate::cli::serve::client(args.kubeconfig.as_deref()).await?;
+    let settings = args.cluster.settings();
+    let rows = rows(&client, &args.access, &settings, args.shoot.as_deref()).await?;
+    if let (Some(_), [row]) = (&args.shoot, rows.as_slice()) {
+        let Some(status) = &row.status else {
+            anyhow::bail!(
+                "shoot {}: {}",
+                row.shoot,
+                row.error.as_deref().unwrap_or("cannot be read")
+            );
+        };
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),
+            Output::Text => print!(
+                "shoot:  {} (guard from its Shoot: {}; registered: {})\n{}",
+                row.shoot,
+                row.guard,
+                if row.registered { "yes" } else { "no" },
+                render_text(status)
+            ),
+        }
+    } else {
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            Output::Text => print!("{}", render_table(&rows)),
+        }
+    }
+    Ok(exit_code(&rows))
 }
 
 #[cfg(test)]

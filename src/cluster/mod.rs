@@ -12,6 +12,7 @@ pub mod hold;
 pub mod last_seen;
 pub mod merge;
 pub mod release;
+pub mod route_node;
 pub mod routes;
 pub mod toggle;
 pub mod watch;

@@ -13,16 +13,23 @@
 //! a capped exponential back-off, and at once when a held object's record or
 //! held part changes.
 
+pub mod events;
+pub mod failure;
 pub mod lease;
 
+pub use events::{EventLimiter, Events, HELD_EVENT_INTERVAL, reference};
+pub use failure::{
+    Backoff, Failure, RETRY_INITIAL, RETRY_MAX, classify, classify_code, describe, failure_note,
+};
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::{Client, Resource as _};
 
 use crate::cluster::gate::{self, Gate};
@@ -35,8 +42,6 @@ use lease::{InProgress, Marker, ObjectState, Outcome, Progress, ReleaseLease};
 
 /// How many times one object is re-read after a write conflict, per pass.
 const CONFLICT_RETRIES: usize = 5;
-/// The same Held event for the same object is not repeated within this time.
-pub const HELD_EVENT_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
 pub fn resource(kind: CalicoKindName) -> ApiResource {
     match kind {
@@ -51,110 +56,6 @@ pub fn api(client: &Client, key: &ObjectKey) -> Api<DynamicObject> {
     match &key.namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         None => Api::all_with(client.clone(), &ar),
-    }
-}
-
-/// The reference an Event needs to show in `kubectl describe` (which
-/// matches on the object's uid too).
-pub fn reference(key: &ObjectKey, uid: Option<String>) -> ObjectReference {
-    let ar = resource(key.kind);
-    ObjectReference {
-        api_version: Some(ar.api_version.clone()),
-        kind: Some(ar.kind.clone()),
-        name: Some(key.name.clone()),
-        namespace: key.namespace.clone(),
-        uid,
-        ..Default::default()
-    }
-}
-
-/// When, and with which note, each (object, reason) was last published.
-type LastPublished = HashMap<(ObjectKey, String), (Instant, String)>;
-
-/// Keeps a reconciler that re-applies every minute from flooding events:
-/// the same reason with the same note for the same object is published at
-/// most once per interval. Pure, apart from the times it is given.
-#[derive(Debug, Default)]
-pub struct EventLimiter {
-    last: LastPublished,
-}
-
-impl EventLimiter {
-    /// Entries kept before old ones are dropped.
-    const MAX_ENTRIES: usize = 4096;
-
-    pub fn allow(
-        &mut self,
-        key: &ObjectKey,
-        reason: &str,
-        note: &str,
-        interval: Duration,
-        now: Instant,
-    ) -> bool {
-        let k = (key.clone(), reason.to_string());
-        if let Some((at, prev)) = self.last.get(&k)
-            && now.duration_since(*at) < interval
-            && prev == note
-        {
-            return false;
-        }
-        if self.last.len() >= Self::MAX_ENTRIES {
-            self.last
-                .retain(|_, (at, _)| now.duration_since(*at) < HELD_EVENT_INTERVAL);
-        }
-        self.last.insert(k, (now, note.to_string()));
-        true
-    }
-}
-
-/// Events on Calico objects, rate-limited per object and reason.
-#[derive(Clone)]
-pub struct Events {
-    recorder: Recorder,
-    limiter: Arc<Mutex<EventLimiter>>,
-}
-
-impl Events {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
-        Self {
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: "overlay-switch-webhook".into(),
-                    instance,
-                },
-            ),
-            limiter: Default::default(),
-        }
-    }
-
-    /// Publishes unless the same reason for the same object was published
-    /// within `interval` with the same note (a re-applying reconciler).
-    pub async fn publish(
-        &self,
-        key: &ObjectKey,
-        uid: Option<String>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-        interval: Duration,
-    ) {
-        {
-            let mut limiter = self.limiter.lock().expect("events lock");
-            if !limiter.allow(key, reason, &note, interval, Instant::now()) {
-                return;
-            }
-        }
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "OverlaySwitch".into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&ev, &reference(key, uid)).await {
-            tracing::warn!(%error, object = %key, reason, "cannot publish event");
-        }
     }
 }
 
@@ -177,141 +78,6 @@ pub fn secs_between(since: Timestamp, now: Timestamp) -> i64 {
 /// times that can be represented (a node reporting a transition in 9999).
 pub fn opened_at(all_routed_since: Option<Timestamp>, settle: Duration) -> Option<Timestamp> {
     all_routed_since?.checked_add(settle).ok()
-}
-
-/// The first delay after a failed pass, and the longest.
-pub const RETRY_INITIAL: Duration = Duration::from_millis(500);
-pub const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Capped exponential back-off. Pure.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial.min(max),
-        }
-    }
-
-    /// The delay before the next try; each call doubles the following one, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        d
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.initial.min(self.max);
-    }
-}
-
-/// The class of a failed request, by its HTTP status.
-pub fn classify_code(code: u16) -> FailureClass {
-    match code {
-        // Gone meanwhile, timed out, changed meanwhile, throttled: look again.
-        404 | 408 | 409 | 429 => FailureClass::Transient,
-        // The API server, an admission webhook or an admission policy refused.
-        400..=499 => FailureClass::Denied,
-        _ => FailureClass::Transient,
-    }
-}
-
-/// The class of a failed request: an answer of the API server by its
-/// status, anything else (connection, timeout, TLS) transient.
-pub fn classify(error: &kube::Error) -> FailureClass {
-    match error {
-        kube::Error::Api(s) => classify_code(s.code),
-        _ => FailureClass::Transient,
-    }
-}
-
-fn describe(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(s) if !s.message.is_empty() => format!("{} (HTTP {})", s.message, s.code),
-        e => e.to_string(),
-    }
-}
-
-/// One release or cancel step that did not go through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// The Calico object it was about, if any.
-    pub key: Option<ObjectKey>,
-    pub uid: Option<String>,
-    /// Kind for the metric: the Calico kind, `Lease` or `Namespace`.
-    pub kind: String,
-    /// The object in words, for logs.
-    pub object: String,
-    pub class: FailureClass,
-    pub message: String,
-}
-
-impl Failure {
-    fn object(
-        key: &ObjectKey,
-        uid: Option<String>,
-        class: FailureClass,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            key: Some(key.clone()),
-            uid,
-            kind: format!("{:?}", key.kind),
-            object: key.to_string(),
-            class,
-            message: message.into(),
-        }
-    }
-
-    /// A failed request about `key`: `what` is "read", "write", ...
-    fn request(key: &ObjectKey, uid: Option<String>, what: &str, error: &kube::Error) -> Self {
-        let class = classify(error);
-        Self::object(key, uid, class, request_message(class, what, error))
-    }
-
-    fn other(kind: &str, object: String, what: &str, error: &kube::Error) -> Self {
-        let class = classify(error);
-        Self {
-            key: None,
-            uid: None,
-            kind: kind.into(),
-            object,
-            class,
-            message: request_message(class, what, error),
-        }
-    }
-}
-
-fn request_message(class: FailureClass, what: &str, error: &kube::Error) -> String {
-    match class {
-        FailureClass::Denied => format!("the API server refuses the {what}: {}", describe(error)),
-        _ => format!("the {what} failed: {}", describe(error)),
-    }
-}
-
-/// The text of an `OverlaySwitchConflict` event (also what `kubectl
-/// describe` shows): the class first.
-pub fn failure_note(f: &Failure) -> String {
-    let then = match f.class {
-        FailureClass::Conflict => {
-            "the switch stays held: re-apply the desired configuration (or edit the object back)"
-        }
-        FailureClass::Denied => {
-            "the switch stays held and its release is retried with back-off: lift the refusal"
-        }
-        FailureClass::Transient => "the switch stays held and its release is retried with back-off",
-    };
-    format!(
-        "{}: {}; {then}, or cancel with the {CANCEL_ANNOTATION} annotation",
-        f.class, f.message
-    )
 }
 
 /// What a release or cancel would write for one object.
@@ -1002,53 +768,6 @@ fn held_reason(obj: &DynamicObject) -> String {
 mod tests {
     use super::*;
 
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey {
-            kind: CalicoKindName::DaemonSet,
-            namespace: Some("kube-system".into()),
-            name: name.into(),
-        }
-    }
-
-    #[test]
-    fn a_reapplying_reconciler_does_not_flood_events() {
-        let mut l = EventLimiter::default();
-        let t0 = Instant::now();
-        let every = Duration::from_secs(600);
-        assert!(l.allow(&key("a"), "OverlaySwitchHeld", "2 of 5", every, t0));
-        // Re-applied every minute with the same situation: suppressed.
-        for m in 1..10 {
-            assert!(!l.allow(
-                &key("a"),
-                "OverlaySwitchHeld",
-                "2 of 5",
-                every,
-                t0 + Duration::from_secs(60 * m)
-            ));
-        }
-        // The situation changed: published.
-        assert!(l.allow(
-            &key("a"),
-            "OverlaySwitchHeld",
-            "1 of 5",
-            every,
-            t0 + Duration::from_secs(601)
-        ));
-        // Another object or reason is independent; the interval ends.
-        assert!(l.allow(&key("b"), "OverlaySwitchHeld", "2 of 5", every, t0));
-        assert!(l.allow(&key("a"), "OverlaySwitchConflict", "2 of 5", every, t0));
-        assert!(l.allow(
-            &key("a"),
-            "OverlaySwitchHeld",
-            "1 of 5",
-            every,
-            t0 + Duration::from_secs(1300)
-        ));
-        // Zero interval: always.
-        assert!(l.allow(&key("a"), "OverlaySwitchReleased", "x", Duration::ZERO, t0));
-        assert!(l.allow(&key("a"), "OverlaySwitchReleased", "x", Duration::ZERO, t0));
-    }
-
     #[test]
     fn forced_releases_say_so() {
         assert_eq!(
@@ -1058,100 +777,6 @@ mod tests {
         assert!(
             released_note(4, Some("1 of 3 nodes has no route yet"))
                 .contains("forced by the operator although 1 of 3")
-        );
-    }
-
-    #[test]
-    fn back_off_doubles_up_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(
-            delays,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
-        );
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(500));
-        // A cap below the start, and huge values, do not overflow.
-        let mut odd = Backoff::new(Duration::MAX, Duration::from_secs(1));
-        assert_eq!(odd.next_delay(), Duration::from_secs(1));
-        let mut big = Backoff::new(Duration::from_secs(u64::MAX / 2 + 1), Duration::MAX);
-        big.next_delay();
-        assert_eq!(big.next_delay(), Duration::MAX);
-    }
-
-    #[test]
-    fn failures_are_classified_by_status() {
-        use FailureClass::*;
-        for (code, class) in [
-            (400, Denied), // an admission webhook's refusal
-            (401, Denied),
-            (403, Denied), // RBAC, or a ValidatingAdmissionPolicy
-            (422, Denied), // invalid, or a policy with reason Invalid
-            (404, Transient),
-            (408, Transient),
-            (409, Transient),
-            (429, Transient),
-            (500, Transient),
-            (503, Transient),
-            (504, Transient),
-        ] {
-            assert_eq!(classify_code(code), class, "{code}");
-            let e = kube::Error::Api(
-                kube::core::Status {
-                    code,
-                    message: "m".into(),
-                    ..Default::default()
-                }
-                .boxed(),
-            );
-            assert_eq!(classify(&e), class, "{code}");
-        }
-        let timeout = kube::Error::Service(Box::new(std::io::Error::other("timed out")));
-        assert_eq!(classify(&timeout), Transient);
-    }
-
-    #[test]
-    fn the_conflict_text_names_the_class_first() {
-        let k = key("calico-node");
-        let denied = Failure::request(
-            &k,
-            None,
-            "write (dry run)",
-            &kube::Error::Api(
-                kube::core::Status {
-                    code: 403,
-                    message: "ValidatingAdmissionPolicy 'no-native' denied request".into(),
-                    ..Default::default()
-                }
-                .boxed(),
-            ),
-        );
-        assert_eq!(denied.class, FailureClass::Denied);
-        assert_eq!(denied.kind, "DaemonSet");
-        let note = failure_note(&denied);
-        assert!(
-            note.starts_with("denied: the API server refuses the write (dry run): ValidatingAdmissionPolicy 'no-native' denied request (HTTP 403)"),
-            "{note}"
-        );
-        assert!(note.contains("retried with back-off"), "{note}");
-        let unavailable = Failure::request(
-            &k,
-            None,
-            "write",
-            &kube::Error::Api(
-                kube::core::Status {
-                    code: 503,
-                    message: "etcdserver: leader changed".into(),
-                    ..Default::default()
-                }
-                .boxed(),
-            ),
-        );
-        assert!(failure_note(&unavailable).starts_with("transient: the write failed: etcdserver"));
-        let conflict = Failure::object(&k, None, FailureClass::Conflict, "test failed");
-        assert!(
-            failure_note(&conflict)
-                .starts_with("conflict: test failed; the switch stays held: re-apply")
         );
     }
 

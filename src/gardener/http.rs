@@ -25,6 +25,7 @@ use super::shoots::{Shoots, Target};
 use crate::cluster::gate;
 use crate::metrics::Metrics;
 use crate::server::node_status::NodeStatusGuard;
+use crate::server::webhook::Outcome;
 use crate::server::{self, admission};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,15 +170,35 @@ impl GardenerState {
 
     /// Ready once the seed's `Cluster`s are listed. A shoot that cannot be
     /// reached does not make the server unready: it holds that shoot's
-    /// switches, and `/shoots` and the metrics say so.
-    pub fn ready(&self) -> Result<(), String> {
+    /// switches, and `/shoots`, the metrics and this answer's text say so.
+    pub fn ready(&self) -> Result<String, String> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err("shutting down".into());
         }
         if !self.shoots.synced() {
             return Err("not synced: the seed's Gardener Cluster watch".into());
         }
-        Ok(())
+        let served = self.shoots.served();
+        let unsynced: Vec<String> = served
+            .iter()
+            .filter(|s| !s.cluster.synced())
+            .map(|s| match s.cluster.health.problem() {
+                Some(p) => format!("{} ({p})", s.namespace),
+                None => s.namespace.clone(),
+            })
+            .collect();
+        let mut text = format!(
+            "ok: {} of {} served shoots synced",
+            served.len() - unsynced.len(),
+            served.len()
+        );
+        if !unsynced.is_empty() {
+            text.push_str(&format!(
+                "; not synced, their switches held: {}",
+                unsynced.join("; ")
+            ));
+        }
+        Ok(text)
     }
 }
 
@@ -197,6 +218,32 @@ fn unjudged(bytes: &[u8], refuse: Option<&str>) -> Vec<u8> {
     admission::encode(resp)
 }
 
+/// The answer for a review of shoot `namespace`'s Calico objects: judged
+/// with that shoot's state only (the outcome, when judged, for the log).
+pub fn review(
+    shoots: &Shoots,
+    namespace: &str,
+    bytes: &[u8],
+) -> (
+    Vec<u8>,
+    Option<(std::sync::Arc<super::shoots::Shoot>, Outcome)>,
+) {
+    match shoots.target(namespace) {
+        Target::Shoot(shoot) => {
+            let (body, outcome) = shoot.webhook.review(bytes);
+            (body, Some((shoot, outcome)))
+        }
+        Target::Unguarded => {
+            tracing::debug!(shoot = %namespace, "review of a shoot whose guard is off: admitted");
+            (unjudged(bytes, None), None)
+        }
+        Target::Refuse(why) => {
+            tracing::warn!(shoot = %namespace, %why, "review refused");
+            (unjudged(bytes, Some(&why)), None)
+        }
+    }
+}
+
 async fn mutate(
     State(state): State<Arc<GardenerState>>,
     Path(namespace): Path<String>,
@@ -208,22 +255,12 @@ async fn mutate(
         Ok(b) => b,
         Err(refused) => return refused,
     };
-    match state.shoots.target(&namespace) {
-        Target::Shoot(shoot) => {
-            let (body, outcome) = shoot.webhook.review(&bytes);
-            server::log_review(&outcome, started.elapsed(), Some(&namespace));
-            shoot.publish_held(&outcome);
-            server::json_response(body)
-        }
-        Target::Unguarded => {
-            tracing::debug!(shoot = %namespace, "review of a shoot whose guard is off: admitted");
-            server::json_response(unjudged(&bytes, None))
-        }
-        Target::Refuse(why) => {
-            tracing::warn!(shoot = %namespace, %why, "review refused");
-            server::json_response(unjudged(&bytes, Some(&why)))
-        }
+    let (body, judged) = review(&state.shoots, &namespace, &bytes);
+    if let Some((shoot, outcome)) = judged {
+        server::log_review(&outcome, started.elapsed(), Some(&namespace));
+        shoot.publish_held(&outcome);
     }
+    server::json_response(body)
 }
 
 /// calico-node's node status writes of a shoot: judged while it is served,
@@ -352,7 +389,7 @@ async fn shoots_report(State(state): State<Arc<GardenerState>>) -> Response {
 
 async fn readyz(State(state): State<Arc<GardenerState>>) -> Response {
     match state.ready() {
-        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Ok(text) => (StatusCode::OK, text).into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
 }
@@ -377,4 +414,134 @@ pub fn admin_router(state: Arc<GardenerState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/shoots", get(shoots_report))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calico::overlay::CalicoKind;
+    use crate::cluster::Settings;
+    use crate::cluster::watch::Store as _;
+    use crate::gardener::shoots::{Shoot, ShootConfig};
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    /// An IPPool update from IPIP to native routing.
+    fn switch_review() -> Vec<u8> {
+        let pool = |mode: &str| {
+            json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                "metadata": {"name": "default-ipv4-ippool", "uid": "u1", "resourceVersion": "1"},
+                "spec": {"cidr": "100.64.0.0/12", "ipipMode": mode, "natOutgoing": true}})
+        };
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "r1",
+                "kind": {"group": "crd.projectcalico.org", "version": "v1", "kind": "IPPool"},
+                "resource": {"group": "crd.projectcalico.org", "version": "v1", "resource": "ippools"},
+                "name": "default-ipv4-ippool", "operation": "UPDATE",
+                "userInfo": {"username": "admin"},
+                "object": pool("Never"), "oldObject": pool("Always"), "dryRun": false
+            }
+        }))
+        .unwrap()
+    }
+
+    fn answer(body: &[u8]) -> Value {
+        serde_json::from_slice::<Value>(body).unwrap()["response"].clone()
+    }
+
+    /// A served shoot whose every cache has listed nothing (no nodes).
+    fn synced_shoot(ns: &str, guard: bool, metrics: &Metrics) -> Arc<Shoot> {
+        let s = Shoot::detached(ns, Settings::default(), metrics.clone());
+        let c = &s.cluster;
+        c.routes.relist_begin();
+        c.routes.relist_done();
+        <crate::cluster::toggle::ToggleState as crate::cluster::watch::Store<
+            k8s_openapi::api::core::v1::Namespace,
+        >>::relist_begin(&c.toggle);
+        <crate::cluster::toggle::ToggleState as crate::cluster::watch::Store<
+            k8s_openapi::api::core::v1::Namespace,
+        >>::relist_done(&c.toggle);
+        for store in [&c.config_map, &c.calico_node] {
+            store.relist_begin();
+            store.relist_done();
+        }
+        for kind in [
+            CalicoKind::DaemonSet,
+            CalicoKind::ConfigMap,
+            CalicoKind::IpPool,
+        ] {
+            let st = c.held.store(kind);
+            st.relist_begin();
+            st.relist_done();
+        }
+        c.toggle.set_guard(Some(guard));
+        s
+    }
+
+    #[test]
+    fn each_path_is_judged_with_its_own_shoot_only() {
+        let (_, metrics) = crate::metrics::registry();
+        let shoots = Shoots::new(
+            None,
+            ShootConfig {
+                settings: Settings::default(),
+                access: Default::default(),
+                access_refresh: Duration::from_secs(60),
+                watch_timeout: None,
+                release: None,
+            },
+            metrics.clone(),
+        );
+        // A: guarded, but its API server cannot be reached.
+        let a = Shoot::detached("shoot--p--a", Settings::default(), metrics.clone());
+        a.cluster.toggle.set_guard(Some(true));
+        a.cluster
+            .health
+            .set_access_problem(Some("the shoot's API server of A is down".into()));
+        shoots.insert(a);
+        // B: every cache synced, guard off.
+        shoots.insert(synced_shoot("shoot--p--b", false, &metrics));
+        // C: every cache synced, guard on, no nodes: nothing to wait for.
+        shoots.insert(synced_shoot("shoot--p--c", true, &metrics));
+        let review = switch_review();
+
+        let (body, judged) = super::review(&shoots, "shoot--p--a", &review);
+        let r = answer(&body);
+        assert_eq!(judged.unwrap().1.verdict, "held");
+        assert_eq!(
+            r["allowed"], true,
+            "held: admitted with the intent recorded"
+        );
+        assert!(r["patch"].is_string(), "{r}");
+        let warning = r["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.contains("unknown") && warning.contains("the shoot's API server of A is down"),
+            "{warning}"
+        );
+
+        for ns in ["shoot--p--b", "shoot--p--c"] {
+            let (body, judged) = super::review(&shoots, ns, &review);
+            let (_, o) = judged.unwrap();
+            assert_eq!(o.verdict, "passed", "{ns}: the switch goes through");
+            let r = answer(&body);
+            assert_eq!(r["allowed"], true);
+            assert!(r.get("warnings").is_none_or(Value::is_null), "{ns}: {r}");
+        }
+
+        // No Cluster listed at all yet: refused, not guessed.
+        let (body, judged) = super::review(&shoots, "shoot--p--d", &review);
+        assert!(judged.is_none());
+        let r = answer(&body);
+        assert_eq!(r["allowed"], false);
+        assert_eq!(r["uid"], "r1");
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not yet read the seed's Gardener Clusters"),
+            "{r}"
+        );
+    }
 }
