@@ -1,6 +1,7 @@
 //! The harness itself: a real control plane starts, answers kubectl and
-//! kube::Client, and leaves no process behind: on drop, when the test body
-//! panics, and when the test process is killed outright.
+//! kube::Client, extra API servers share its etcd but not its objects, and
+//! no process is left behind: on drop, when the test body panics, and when
+//! the test process is killed outright.
 
 mod controlplane;
 
@@ -94,15 +95,20 @@ async fn starts_answers_and_stops_without_leftovers() {
 }
 
 #[test]
-fn a_panicking_test_still_stops_both_processes() {
+fn a_panicking_test_still_stops_every_process() {
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::panic::catch_unwind(move || {
         let cp = ControlPlane::start().unwrap();
-        tx.send(cp.pids()).unwrap();
+        let extra = cp.start_apiserver("/panicking").unwrap();
+        tx.send((cp.pids(), extra.pid())).unwrap();
         panic!("test body fails");
     });
     assert!(result.is_err());
-    let (etcd, apiserver) = rx.recv().unwrap();
+    let ((etcd, apiserver), extra) = rx.recv().unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{extra}")).exists(),
+        "extra kube-apiserver {extra} left"
+    );
     assert!(
         !std::path::Path::new(&format!("/proc/{etcd}")).exists(),
         "etcd {etcd} left"
@@ -132,6 +138,124 @@ fn outlives_the_thread_that_started_it() {
         .unwrap();
 }
 
+/// Extra API servers on the control plane's etcd are clusters of their own
+/// (under their own etcd prefix), each with a self-contained kubeconfig,
+/// and each stops on its own.
+#[test]
+fn extra_apiservers_share_etcd_but_not_objects() {
+    let cp = ControlPlane::start().unwrap();
+    let mut a = cp.start_apiserver("/smoke-a").unwrap();
+    let b = cp.start_apiserver("/smoke-b").unwrap();
+    eprintln!(
+        "extra API servers up in {:?} and {:?}",
+        a.startup(),
+        b.startup()
+    );
+    assert!(
+        cp.start_apiserver("/registry").is_err(),
+        "the first's prefix"
+    );
+    assert!(cp.start_apiserver("relative").is_err());
+    let urls = [cp.server_url(), a.server_url(), b.server_url()];
+    assert!(
+        urls[0] != urls[1] && urls[1] != urls[2] && urls[0] != urls[2],
+        "{urls:?}"
+    );
+    assert_ne!(a.token(), b.token());
+    assert_eq!(a.etcd_prefix(), "/smoke-a");
+    assert_eq!(cp.api().etcd_prefix(), controlplane::DEFAULT_ETCD_PREFIX);
+
+    // Objects made through one are invisible to the others.
+    let yaml =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: only-in-a\n  namespace: default\n";
+    a.kubectl_ok(&["apply", "-f", "-"], Some(yaml)).unwrap();
+    a.kubectl_ok(&["create", "namespace", "ns-a"], None)
+        .unwrap();
+    b.kubectl_ok(&["create", "namespace", "ns-b"], None)
+        .unwrap();
+    for (other, name) in [(cp.api(), "first"), (&b, "b")] {
+        let err = other
+            .kubectl_ok(&["-n", "default", "get", "configmap", "only-in-a"], None)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("NotFound"), "{name}: {err:#}");
+        assert!(
+            other
+                .kubectl_ok(&["get", "namespace", "ns-a"], None)
+                .is_err(),
+            "{name}"
+        );
+    }
+    assert!(a.kubectl_ok(&["get", "namespace", "ns-b"], None).is_err());
+    assert!(cp.kubectl_ok(&["get", "namespace", "ns-b"], None).is_err());
+
+    // The kubeconfig is self-contained: it works copied anywhere, read by
+    // another process.
+    let text = a.kubeconfig_text();
+    assert!(text.contains("certificate-authority-data:"), "{text}");
+    assert!(!text.contains(a.dir().to_str().unwrap()), "{text}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("kubeconfig");
+    std::fs::write(&copy, &text).unwrap();
+    let out = std::process::Command::new(cp.bin_dir().join("kubectl"))
+        .env("KUBECACHEDIR", elsewhere.path().join("cache"))
+        .arg("--kubeconfig")
+        .arg(&copy)
+        .args([
+            "-n",
+            "default",
+            "get",
+            "configmap",
+            "only-in-a",
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configmap/only-in-a"
+    );
+
+    // Stopping one leaves the others running; a dropped one is reaped too.
+    let (pid_a, pid_b) = (a.pid(), b.pid());
+    assert!(alive(pid_a) && alive(pid_b));
+    a.stop();
+    assert_eq!(a.pid(), 0);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid_a}")).exists(),
+        "a left"
+    );
+    assert!(a.kubectl_ok(&["get", "namespace", "ns-a"], None).is_err());
+    b.kubectl_ok(&["get", "namespace", "ns-b"], None).unwrap();
+    cp.kubectl_ok(&["get", "namespace", "default"], None)
+        .unwrap();
+    let dir_b = b.dir().to_path_buf();
+    drop(b);
+    // Killed outright, as a crash.
+    let mut c = cp.start_apiserver("/smoke-c").unwrap();
+    let pid_c = c.pid();
+    c.kill();
+    assert_eq!(c.pid(), 0);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid_c}")).exists(),
+        "c left"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid_b}")).exists(),
+        "b left"
+    );
+    if std::env::var_os(controlplane::KEEP_DIR_ENV).is_none() {
+        assert!(!dir_b.exists(), "{} left", dir_b.display());
+    }
+    cp.kubectl_ok(&["get", "namespace", "default"], None)
+        .unwrap();
+}
+
 const CHILD_PIDFILE: &str = "CONTROLPLANE_SMOKE_PIDFILE";
 
 /// Run by [`children_die_with_a_killed_test_process`] in a child test process:
@@ -142,10 +266,16 @@ fn killed_test_process_helper() {
         return; // only as a helper
     };
     let cp = ControlPlane::start().unwrap();
+    let extra = cp.start_apiserver("/killed").unwrap();
     let (etcd, apiserver) = cp.pids();
     let tmp = std::path::PathBuf::from(&pidfile).with_extension("tmp");
-    let dir = cp.dir().display();
-    std::fs::write(&tmp, format!("{etcd} {apiserver} {dir}")).unwrap();
+    let (dir, extra_dir) = (cp.dir().display(), extra.dir().display());
+    let extra_pid = extra.pid();
+    std::fs::write(
+        &tmp,
+        format!("{etcd} {apiserver} {extra_pid} {extra_dir} {dir}"),
+    )
+    .unwrap();
     std::fs::rename(&tmp, &pidfile).unwrap();
     std::thread::sleep(Duration::from_secs(120));
 }
@@ -175,12 +305,14 @@ fn children_die_with_a_killed_test_process() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut words = pids.splitn(3, ' ');
+    let mut words = pids.splitn(5, ' ');
     let etcd: u32 = words.next().unwrap().parse().unwrap();
     let apiserver: u32 = words.next().unwrap().parse().unwrap();
-    // Nothing in the killed process removes its temp dir: this test does.
+    let extra: u32 = words.next().unwrap().parse().unwrap();
+    // Nothing in the killed process removes its temp dirs: this test does.
+    let extra_dir = std::path::PathBuf::from(words.next().unwrap());
     let cp_dir = std::path::PathBuf::from(words.next().unwrap());
-    assert!(alive(etcd) && alive(apiserver));
+    assert!(alive(etcd) && alive(apiserver) && alive(extra));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(
@@ -191,5 +323,10 @@ fn children_die_with_a_killed_test_process() {
         gone_within(apiserver, Duration::from_secs(5)),
         "kube-apiserver {apiserver} outlived its test process"
     );
+    assert!(
+        gone_within(extra, Duration::from_secs(5)),
+        "the extra kube-apiserver {extra} outlived its test process"
+    );
     std::fs::remove_dir_all(&cp_dir).unwrap();
+    std::fs::remove_dir_all(&extra_dir).unwrap();
 }

@@ -2,6 +2,9 @@
 //! temp dir, with an admin kubeconfig. Both processes are stopped and reaped
 //! when the value is dropped, also when the test panics; and they die with the
 //! test process even if that is killed outright (see [`spawn_tied`]).
+//! [`ControlPlane::start_apiserver`] adds more kube-apiservers on the same
+//! etcd, each under its own `--etcd-prefix` (so a cluster of its own), with
+//! the same guarantees.
 //!
 //! Include it with `mod controlplane;` from a file in `tests/`. See
 //! `tests/controlplane/README.md`.
@@ -161,107 +164,137 @@ pub struct Timings {
     pub total: Duration,
 }
 
-/// A running etcd + kube-apiserver. Dropping it stops both.
-pub struct ControlPlane {
-    /// `None` once dropped with [`KEEP_DIR_ENV`] set.
+/// The last [`LOG_TAIL_LINES`] lines of a log file.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read: {e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+/// Fails if `child` has exited, with the tail of its log.
+fn check_exited(name: &str, child: &mut Option<Child>, log: &Path) -> anyhow::Result<()> {
+    if let Some(c) = child
+        && let Some(status) = c.try_wait()?
+    {
+        bail!(
+            "{name} exited early ({status}); last lines of {}:\n{}",
+            log.display(),
+            log_tail(log)
+        );
+    }
+    Ok(())
+}
+
+/// Polls `ready` every 50 ms until it is Ok. Fails at once when `alive`
+/// fails (a process exited), and after `limit` with the last error and the
+/// tails of `logs`.
+fn poll(
+    what: &str,
+    limit: Duration,
+    logs: &[&Path],
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+    mut ready: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        alive()?;
+        let err = match ready() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if start.elapsed() > limit {
+            let tails: String = logs
+                .iter()
+                .map(|l| format!("\n--- {} ---\n{}", l.display(), log_tail(l)))
+                .collect();
+            bail!("timed out after {limit:?} waiting for {what} (last: {err:#}){tails}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL; always reaped.
+fn stop_child(child: &mut Option<Child>) {
+    let Some(mut c) = child.take() else { return };
+    if let Ok(None) = c.try_wait() {
+        // SAFETY: plain kill(2). The pid is still ours: an unreaped child's
+        // pid cannot be reused.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < STOP_GRACE {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+    }
+    let _ = c.wait();
+}
+
+/// kube-apiserver's default `--etcd-prefix`, the one of a control plane's
+/// first API server.
+pub const DEFAULT_ETCD_PREFIX: &str = "/registry";
+
+/// One kube-apiserver on a [`ControlPlane`]'s etcd, under its own
+/// `--etcd-prefix`: a cluster of its own (its objects are invisible to the
+/// API servers under other prefixes), with its own port, admin token,
+/// serving certificate, kubeconfig and kubectl. Dropping it stops it.
+///
+/// The control plane's first API server is one ([`ControlPlane::api`]);
+/// [`ControlPlane::start_apiserver`] starts more.
+pub struct ApiServer {
+    /// The temp dir of an extra API server; `None` for the control plane's
+    /// first (it lives in the control plane's dir), or once dropped with
+    /// [`KEEP_DIR_ENV`] set.
     tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
-    bin: PathBuf,
     kubectl: PathBuf,
     url: String,
     port: u16,
     token: String,
+    etcd_prefix: String,
     kubeconfig: PathBuf,
-    etcd: Option<Child>,
-    apiserver: Option<Child>,
-    timings: Timings,
+    process: Option<Child>,
+    /// From spawning it until it was ready.
+    startup: Duration,
 }
 
-impl ControlPlane {
-    /// Starts etcd and kube-apiserver and waits until `/readyz` is ok and
-    /// namespace kube-system exists. Blocking; needs no async runtime (from an
-    /// async test, calling it directly just blocks that test's thread).
-    pub fn start() -> anyhow::Result<ControlPlane> {
-        let started = Instant::now();
-        let bin = bin_dir()?;
-        match Self::try_start(&bin, started) {
-            // Another process took one of our free ports before we bound it.
-            Err(e) if format!("{e:#}").contains("address already in use") => {
-                eprintln!("control plane: a port was taken, retrying once: {e:#}");
-                Self::try_start(&bin, started)
-            }
-            r => r,
+impl ApiServer {
+    /// Not started yet: [`Self::spawn`], then [`Self::wait_ready`].
+    fn new(
+        dir: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+        kubectl: PathBuf,
+        port: u16,
+        etcd_prefix: &str,
+    ) -> ApiServer {
+        ApiServer {
+            tmp,
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            kubectl,
+            url: format!("https://127.0.0.1:{port}"),
+            port,
+            token: format!("osw-admin-{}-{port}", std::process::id()),
+            etcd_prefix: etcd_prefix.to_owned(),
+            process: None,
+            startup: Duration::ZERO,
         }
     }
 
-    fn try_start(bin: &Path, started: Instant) -> anyhow::Result<ControlPlane> {
-        let kubectl = match bin.join("kubectl") {
-            k if k.is_file() => k,
-            // KUBEBUILDER_ASSETS may have no kubectl: the one on PATH then.
-            _ => PathBuf::from("kubectl"),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix("osw-controlplane-")
-            .tempdir()
-            .context("creating the control plane's temp dir")?;
-        let d = tmp.path().to_path_buf();
-        let [etcd_port, peer_port, api_port] = free_ports()?;
-        let token = format!("osw-admin-{}-{api_port}", std::process::id());
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("kube-apiserver.log")
+    }
 
-        // Built before anything is spawned: from here on, an early return
-        // drops it, which stops whatever was started.
-        let mut cp = ControlPlane {
-            tmp: Some(tmp),
-            dir: d.clone(),
-            bin: bin.to_path_buf(),
-            kubectl,
-            url: format!("https://127.0.0.1:{api_port}"),
-            port: api_port,
-            token: token.clone(),
-            kubeconfig: d.join("kubeconfig"),
-            etcd: None,
-            apiserver: None,
-            timings: Timings::default(),
-        };
-
-        let mut etcd = Command::new(bin.join("etcd"));
-        etcd.arg("--name=default")
-            .arg(format!("--data-dir={}", d.join("etcd").display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
-            ))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
-            ))
-            .arg(format!(
-                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
-            ))
-            // Tests need no durability; fsync is what makes etcd slow.
-            .arg("--unsafe-no-fsync")
-            // 512 MiB: far more than a test writes, far less than the default
-            // 2 GiB mmap per test.
-            .arg("--quota-backend-bytes=536870912")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log_file(&d.join("etcd.log"))?)
-            .stderr(log_file(&d.join("etcd.log"))?);
-        let t = Instant::now();
-        cp.etcd = Some(spawn_tied(etcd).context("starting etcd")?);
-        cp.write_pids()?;
-        cp.wait("etcd to accept connections", ETCD_START, |_| {
-            if !port_open(etcd_port) {
-                bail!("port {etcd_port} closed");
-            }
-            Ok(())
-        })?;
-        cp.timings.etcd = t.elapsed();
-
+    /// Writes its token file and service-account key and starts it on the
+    /// etcd at `etcd_port`.
+    fn spawn(&mut self, bin: &Path, etcd_port: u16) -> anyhow::Result<()> {
+        let d = &self.dir;
         // Admin by static token in group system:masters, which bypasses RBAC.
         std::fs::write(
             d.join("tokens.csv"),
-            format!("{token},admin,admin-uid,system:masters\n"),
+            format!("{},admin,admin-uid,system:masters\n", self.token),
         )?;
         // Service-account token signing key (`kubectl create token`). ECDSA
         // P-256 by rcgen: instant, and no openssl CLI needed.
@@ -274,10 +307,11 @@ impl ControlPlane {
         let mut apiserver = Command::new(bin.join("kube-apiserver"));
         apiserver
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg(format!("--etcd-prefix={}", self.etcd_prefix))
             .arg("--storage-backend=etcd3")
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={api_port}"))
+            .arg(format!("--secure-port={}", self.port))
             // A self-signed serving cert for 127.0.0.1 is made here.
             .arg(format!("--cert-dir={}", pki.display()))
             .arg(format!(
@@ -304,50 +338,75 @@ impl ControlPlane {
             .arg("--enable-priority-and-fairness=false")
             .arg("--profiling=false")
             .stdin(Stdio::null())
-            .stdout(log_file(&d.join("kube-apiserver.log"))?)
-            .stderr(log_file(&d.join("kube-apiserver.log"))?);
-        let t = Instant::now();
-        cp.apiserver = Some(spawn_tied(apiserver).context("starting kube-apiserver")?);
-        cp.write_pids()?;
-
-        // The serving cert (then its CA) appears in --cert-dir before the port
-        // opens; it is all a client needs to trust.
-        let ca = pki.join("apiserver.crt");
-        let mut probe = None;
-        cp.wait("kube-apiserver /readyz", APISERVER_START, |cp| {
-            if probe.is_none() {
-                probe = Some(Probe::new(&ca, api_port, &cp.token)?);
-            }
-            let (status, body) = probe.as_ref().expect("set above").get("/readyz?verbose")?;
-            match status {
-                200 => Ok(()),
-                _ => bail!("HTTP {status}: {body}"),
-            }
-        })?;
-        let probe = probe.expect("set when ready");
-        cp.write_kubeconfig(&ca)?;
-        // Made by the apiserver itself, shortly after it starts.
-        cp.wait("namespace kube-system", APISERVER_START, |_| {
-            let (status, body) = probe.get("/api/v1/namespaces/kube-system")?;
-            match status {
-                200 => Ok(()),
-                _ => bail!("HTTP {status}: {body}"),
-            }
-        })?;
-        cp.timings.apiserver = t.elapsed();
-        cp.timings.total = started.elapsed();
-        eprintln!(
-            "control plane up at {} in {:.2?} (etcd {:.2?}, kube-apiserver {:.2?}), dir {}",
-            cp.url,
-            cp.timings.total,
-            cp.timings.etcd,
-            cp.timings.apiserver,
-            cp.dir.display()
-        );
-        Ok(cp)
+            .stdout(log_file(&self.log_path())?)
+            .stderr(log_file(&self.log_path())?);
+        self.process = Some(spawn_tied(apiserver).context("starting kube-apiserver")?);
+        Ok(())
     }
 
+    /// Waits until `/readyz` is ok, then writes the kubeconfig and waits
+    /// for namespace kube-system. `etcd_alive` fails when etcd is gone;
+    /// `etcd_log` is shown on a timeout.
+    fn wait_ready(
+        &mut self,
+        started: Instant,
+        mut etcd_alive: impl FnMut() -> anyhow::Result<()>,
+        etcd_log: &Path,
+    ) -> anyhow::Result<()> {
+        // The serving cert (then its CA) appears in --cert-dir before the port
+        // opens; it is all a client needs to trust.
+        let ca = self.dir.join("pki").join("apiserver.crt");
+        let log = self.log_path();
+        let logs = [etcd_log, log.as_path()];
+        let (port, token) = (self.port, self.token.clone());
+        let process = &mut self.process;
+        let mut alive = || {
+            etcd_alive()?;
+            check_exited("kube-apiserver", process, &log)
+        };
+        let mut probe = None;
+        poll(
+            "kube-apiserver /readyz",
+            APISERVER_START,
+            &logs,
+            &mut alive,
+            || {
+                if probe.is_none() {
+                    probe = Some(Probe::new(&ca, port, &token)?);
+                }
+                let (status, body) = probe.as_ref().expect("set above").get("/readyz?verbose")?;
+                match status {
+                    200 => Ok(()),
+                    _ => bail!("HTTP {status}: {body}"),
+                }
+            },
+        )?;
+        let probe = probe.expect("set when ready");
+        // Made by the apiserver itself, shortly after it starts.
+        poll(
+            "namespace kube-system",
+            APISERVER_START,
+            &logs,
+            &mut alive,
+            || {
+                let (status, body) = probe.get("/api/v1/namespaces/kube-system")?;
+                match status {
+                    200 => Ok(()),
+                    _ => bail!("HTTP {status}: {body}"),
+                }
+            },
+        )?;
+        self.write_kubeconfig(&ca)?;
+        self.startup = started.elapsed();
+        Ok(())
+    }
+
+    /// Self-contained: the CA is embedded, so the file works for any
+    /// process, from anywhere, as long as this API server runs.
     fn write_kubeconfig(&self, ca: &Path) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        let ca_data = base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
         let kubeconfig = format!(
             "apiVersion: v1
 kind: Config
@@ -355,7 +414,7 @@ clusters:
 - name: test
   cluster:
     server: {url}
-    certificate-authority: {ca}
+    certificate-authority-data: {ca_data}
 users:
 - name: admin
   user:
@@ -368,76 +427,20 @@ contexts:
 current-context: test
 ",
             url = self.url,
-            ca = ca.display(),
             token = self.token,
         );
         std::fs::write(&self.kubeconfig, kubeconfig).context("writing the kubeconfig")
     }
 
-    fn write_pids(&self) -> anyhow::Result<()> {
-        let (etcd, apiserver) = self.pids();
-        std::fs::write(
-            self.dir.join("pids"),
-            format!("etcd {etcd}\nkube-apiserver {apiserver}\n"),
-        )
-        .context("writing pids")
-    }
-
-    /// Fails at once if a child exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        for name in ["etcd", "kube-apiserver"] {
-            let child = match name {
-                "etcd" => &mut self.etcd,
-                _ => &mut self.apiserver,
-            };
-            if let Some(c) = child
-                && let Some(status) = c.try_wait()?
-            {
-                bail!(
-                    "{name} exited early ({status}); last lines of {name}.log:\n{}",
-                    self.log_tail(name)
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Polls `ready` until it is Ok, a child dies, or `limit` passes.
-    fn wait(
-        &mut self,
-        what: &str,
-        limit: Duration,
-        mut ready: impl FnMut(&mut Self) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            self.check_alive()?;
-            let err = match ready(self) {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            if start.elapsed() > limit {
-                bail!(
-                    "timed out after {limit:?} waiting for {what} (last: {err:#})\n\
-                     --- etcd.log ---\n{}\n--- kube-apiserver.log ---\n{}",
-                    self.log_tail("etcd"),
-                    self.log_tail("kube-apiserver")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.join(format!("{name}.log")))
-            .unwrap_or_else(|e| format!("(cannot read: {e})"));
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-    }
-
-    /// The admin kubeconfig (token in group system:masters).
+    /// The admin kubeconfig (token in group system:masters), self-contained
+    /// (the CA embedded).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The kubeconfig's text, e.g. for a Secret.
+    pub fn kubeconfig_text(&self) -> String {
+        std::fs::read_to_string(&self.kubeconfig).expect("the kubeconfig is readable")
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -445,14 +448,8 @@ current-context: test
         &self.url
     }
 
-    /// Where kube-apiserver, etcd and (usually) kubectl are.
-    pub fn bin_dir(&self) -> &Path {
-        &self.bin
-    }
-
-    /// The temp dir: etcd.log, kube-apiserver.log, kubeconfig, pids, pki/.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The admin bearer token.
@@ -460,22 +457,53 @@ current-context: test
         &self.token
     }
 
-    /// (etcd, kube-apiserver) process ids; 0 for one not running.
-    pub fn pids(&self) -> (u32, u32) {
-        (
-            self.etcd.as_ref().map_or(0, Child::id),
-            self.apiserver.as_ref().map_or(0, Child::id),
-        )
+    /// Its `--etcd-prefix`.
+    pub fn etcd_prefix(&self) -> &str {
+        &self.etcd_prefix
     }
 
-    /// How long the start took.
-    pub fn timings(&self) -> Timings {
-        self.timings
+    /// Its dir: kube-apiserver.log, kubeconfig, tokens.csv, pki/ (and, for
+    /// the first API server, everything of the control plane).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its process id; 0 once stopped.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, Child::id)
+    }
+
+    /// From spawning it until it was ready.
+    pub fn startup(&self) -> Duration {
+        self.startup
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path())
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and reaps it;
+    /// nothing if already stopped. Its etcd data stays. kube-apiserver
+    /// waits for open watches before it exits, so with a client watching
+    /// this takes the whole grace period: see [`Self::kill`].
+    pub fn stop(&mut self) {
+        stop_child(&mut self.process);
+    }
+
+    /// Kills it at once (SIGKILL, as a crash: its connections are reset)
+    /// and reaps it; nothing if already stopped. Its etcd data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.process.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// kubectl (bin_dir's, else PATH's) with `--kubeconfig` set, and its
-    /// discovery cache in the temp dir (ports are reused between tests).
-    pub fn kubectl(&self) -> Command {
+    /// discovery cache in this API server's dir (ports are reused between
+    /// tests).
+    pub fn command(&self) -> Command {
         let mut c = Command::new(&self.kubectl);
         c.env("KUBECACHEDIR", self.dir.join("kubectl-cache"))
             .arg("--kubeconfig")
@@ -486,7 +514,7 @@ current-context: test
     /// Runs kubectl with `args`, feeding it `stdin`, and returns its output
     /// whatever the exit status.
     pub fn kubectl_run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
-        let mut cmd = self.kubectl();
+        let mut cmd = self.command();
         cmd.args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -537,24 +565,293 @@ current-context: test
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(kube::Client::try_from(config)?)
     }
+}
 
-    /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL; always reaped.
-    fn stop(child: &mut Option<Child>) {
-        let Some(mut c) = child.take() else { return };
-        if let Ok(None) = c.try_wait() {
-            // SAFETY: plain kill(2). The pid is still ours: an unreaped child's
-            // pid cannot be reused.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < STOP_GRACE {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        // The first API server's log is shown (and the process stopped
+        // first) by its control plane.
+        if self.tmp.is_some() && std::thread::panicking() {
+            eprintln!(
+                "--- kube-apiserver {} (etcd prefix {}, {}) ---\n--- kube-apiserver.log (tail) ---\n{}\n---",
+                self.url,
+                self.etcd_prefix,
+                self.dir.display(),
+                self.log_tail()
+            );
         }
-        let _ = c.wait();
+        self.stop();
+        if std::env::var_os(KEEP_DIR_ENV).is_some()
+            && let Some(tmp) = self.tmp.take()
+        {
+            eprintln!("kube-apiserver dir kept: {}", tmp.keep().display());
+        }
+    }
+}
+
+/// A running etcd + kube-apiserver. Dropping it stops both.
+pub struct ControlPlane {
+    /// `None` once dropped with [`KEEP_DIR_ENV`] set.
+    tmp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    bin: PathBuf,
+    etcd_port: u16,
+    etcd: Option<Child>,
+    api: ApiServer,
+    timings: Timings,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver and waits until `/readyz` is ok and
+    /// namespace kube-system exists. Blocking; needs no async runtime (from an
+    /// async test, calling it directly just blocks that test's thread).
+    pub fn start() -> anyhow::Result<ControlPlane> {
+        let started = Instant::now();
+        let bin = bin_dir()?;
+        retry_taken_port(|| Self::try_start(&bin, started))
+    }
+
+    fn try_start(bin: &Path, started: Instant) -> anyhow::Result<ControlPlane> {
+        let tmp = tempfile::Builder::new()
+            .prefix("osw-controlplane-")
+            .tempdir()
+            .context("creating the control plane's temp dir")?;
+        let d = tmp.path().to_path_buf();
+        let [etcd_port, peer_port, api_port] = free_ports()?;
+
+        // Built before anything is spawned: from here on, an early return
+        // drops it, which stops whatever was started.
+        let mut cp = ControlPlane {
+            tmp: Some(tmp),
+            dir: d.clone(),
+            bin: bin.to_path_buf(),
+            etcd_port,
+            etcd: None,
+            api: ApiServer::new(
+                d.clone(),
+                None,
+                kubectl_in(bin),
+                api_port,
+                DEFAULT_ETCD_PREFIX,
+            ),
+            timings: Timings::default(),
+        };
+
+        let mut etcd = Command::new(bin.join("etcd"));
+        etcd.arg("--name=default")
+            .arg(format!("--data-dir={}", d.join("etcd").display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
+            // Tests need no durability; fsync is what makes etcd slow.
+            .arg("--unsafe-no-fsync")
+            // 512 MiB: far more than a test writes, far less than the default
+            // 2 GiB mmap per test.
+            .arg("--quota-backend-bytes=536870912")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file(&cp.etcd_log())?)
+            .stderr(log_file(&cp.etcd_log())?);
+        let t = Instant::now();
+        cp.etcd = Some(spawn_tied(etcd).context("starting etcd")?);
+        cp.write_pids()?;
+        let etcd_log = cp.etcd_log();
+        poll(
+            "etcd to accept connections",
+            ETCD_START,
+            &[&etcd_log],
+            || check_exited("etcd", &mut cp.etcd, &etcd_log),
+            || {
+                if !port_open(etcd_port) {
+                    bail!("port {etcd_port} closed");
+                }
+                Ok(())
+            },
+        )?;
+        cp.timings.etcd = t.elapsed();
+
+        let t = Instant::now();
+        cp.api.spawn(bin, etcd_port)?;
+        cp.write_pids()?;
+        let ControlPlane { etcd, api, .. } = &mut cp;
+        api.wait_ready(t, || check_exited("etcd", etcd, &etcd_log), &etcd_log)?;
+        cp.timings.apiserver = t.elapsed();
+        cp.timings.total = started.elapsed();
+        eprintln!(
+            "control plane up at {} in {:.2?} (etcd {:.2?}, kube-apiserver {:.2?}), dir {}",
+            cp.api.url,
+            cp.timings.total,
+            cp.timings.etcd,
+            cp.timings.apiserver,
+            cp.dir.display()
+        );
+        Ok(cp)
+    }
+
+    /// Starts another kube-apiserver on this control plane's etcd, with
+    /// `--etcd-prefix=etcd_prefix` (e.g. `/shoot-a`; not another API
+    /// server's), its own free port, admin token, serving certificate,
+    /// self-contained kubeconfig and temp dir, and waits until it is ready
+    /// as [`Self::start`] does. It is a cluster of its own: it and the other
+    /// API servers do not see each other's objects. Stop it with
+    /// [`ApiServer::stop`] or by dropping it (drop it before the control
+    /// plane, whose etcd it needs). About 300 MB each.
+    pub fn start_apiserver(&self, etcd_prefix: &str) -> anyhow::Result<ApiServer> {
+        anyhow::ensure!(
+            etcd_prefix.starts_with('/')
+                && etcd_prefix.len() > 1
+                && !etcd_prefix.contains(char::is_whitespace),
+            "etcd prefix {etcd_prefix:?}: must be an absolute key path like /shoot-a"
+        );
+        anyhow::ensure!(
+            etcd_prefix.trim_end_matches('/') != DEFAULT_ETCD_PREFIX,
+            "etcd prefix {etcd_prefix:?} is the first API server's"
+        );
+        retry_taken_port(|| {
+            let tmp = tempfile::Builder::new()
+                .prefix("osw-apiserver-")
+                .tempdir()
+                .context("creating the API server's temp dir")?;
+            let [port] = free_ports()?;
+            let t = Instant::now();
+            let mut api = ApiServer::new(
+                tmp.path().to_path_buf(),
+                Some(tmp),
+                kubectl_in(&self.bin),
+                port,
+                etcd_prefix,
+            );
+            api.spawn(&self.bin, self.etcd_port)?;
+            std::fs::write(
+                api.dir.join("pids"),
+                format!("kube-apiserver {}\n", api.pid()),
+            )
+            .context("writing pids")?;
+            let etcd_port = self.etcd_port;
+            api.wait_ready(
+                t,
+                || {
+                    if !port_open(etcd_port) {
+                        bail!("etcd (port {etcd_port}) is gone");
+                    }
+                    Ok(())
+                },
+                &self.etcd_log(),
+            )?;
+            eprintln!(
+                "kube-apiserver (etcd prefix {}) up at {} in {:.2?}, dir {}",
+                api.etcd_prefix,
+                api.url,
+                api.startup,
+                api.dir.display()
+            );
+            Ok(api)
+        })
+    }
+
+    fn etcd_log(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    fn write_pids(&self) -> anyhow::Result<()> {
+        let (etcd, apiserver) = self.pids();
+        std::fs::write(
+            self.dir.join("pids"),
+            format!("etcd {etcd}\nkube-apiserver {apiserver}\n"),
+        )
+        .context("writing pids")
+    }
+
+    /// The first API server (etcd prefix [`DEFAULT_ETCD_PREFIX`]), which
+    /// the methods below are about.
+    pub fn api(&self) -> &ApiServer {
+        &self.api
+    }
+
+    /// The admin kubeconfig (token in group system:masters).
+    pub fn kubeconfig(&self) -> &Path {
+        self.api.kubeconfig()
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn server_url(&self) -> &str {
+        self.api.server_url()
+    }
+
+    /// Where kube-apiserver, etcd and (usually) kubectl are.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The temp dir: etcd.log, kube-apiserver.log, kubeconfig, pids, pki/.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The admin bearer token.
+    pub fn token(&self) -> &str {
+        self.api.token()
+    }
+
+    /// (etcd, kube-apiserver) process ids; 0 for one not running.
+    pub fn pids(&self) -> (u32, u32) {
+        (self.etcd.as_ref().map_or(0, Child::id), self.api.pid())
+    }
+
+    /// How long the start took.
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    /// kubectl (bin_dir's, else PATH's) with `--kubeconfig` set, and its
+    /// discovery cache in the temp dir (ports are reused between tests).
+    pub fn kubectl(&self) -> Command {
+        self.api.command()
+    }
+
+    /// Runs kubectl with `args`, feeding it `stdin`, and returns its output
+    /// whatever the exit status.
+    pub fn kubectl_run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        self.api.kubectl_run(args, stdin)
+    }
+
+    /// Like [`Self::kubectl_run`], returning stdout, or an error with stderr
+    /// and stdout if kubectl failed.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        self.api.kubectl_ok(args, stdin)
+    }
+
+    /// A client for the admin user, from the kubeconfig.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        self.api.client().await
+    }
+}
+
+/// kubectl of `bin`, else PATH's (KUBEBUILDER_ASSETS may have none).
+fn kubectl_in(bin: &Path) -> PathBuf {
+    match bin.join("kubectl") {
+        k if k.is_file() => k,
+        _ => PathBuf::from("kubectl"),
+    }
+}
+
+/// Runs `start`, and once more if it failed because another process took
+/// one of our free ports before we bound it.
+fn retry_taken_port<T>(mut start: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match start() {
+        Err(e) if format!("{e:#}").contains("address already in use") => {
+            eprintln!("control plane: a port was taken, retrying once: {e:#}");
+            start()
+        }
+        r => r,
     }
 }
 
@@ -563,14 +860,14 @@ impl Drop for ControlPlane {
         if std::thread::panicking() {
             eprintln!(
                 "--- control plane {} ({}) ---\n--- etcd.log (tail) ---\n{}\n--- kube-apiserver.log (tail) ---\n{}\n---",
-                self.url,
+                self.api.url,
                 self.dir.display(),
-                self.log_tail("etcd"),
-                self.log_tail("kube-apiserver")
+                log_tail(&self.etcd_log()),
+                self.api.log_tail()
             );
         }
-        Self::stop(&mut self.apiserver);
-        Self::stop(&mut self.etcd);
+        self.api.stop();
+        stop_child(&mut self.etcd);
         if std::env::var_os(KEEP_DIR_ENV).is_some()
             && let Some(tmp) = self.tmp.take()
         {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::controlplane::ControlPlane;
+use crate::controlplane::{ApiServer, ControlPlane};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_overlay-switch-webhook");
 pub const GUARD: &str = "calico.networking.extensions.gardener.cloud/seamless-overlay-switch";
@@ -79,11 +79,48 @@ pub struct Server {
     pub metrics_port: u16,
     pub log: PathBuf,
     pub certs: PathBuf,
+    /// `serve --gardener`'s `--ca-file` (the CA bundle it writes into every
+    /// registration), a copy of `certs/ca.crt` to begin with.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Server {
     /// Starts `serve` with the given kubeconfig and extra flags; waits for /healthz.
     pub fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(dir, kubeconfig, None, |_| extra)
+    }
+
+    /// Starts `serve --gardener` against the seed's kubeconfig: per-shoot
+    /// paths under `--webhook-base-url https://127.0.0.1:PORT`, the CA
+    /// bundle for registrations from [`Self::ca_file`] (re-read every
+    /// second), and the extra flags; waits for /healthz.
+    pub fn start_gardener(dir: &Path, seed_kubeconfig: &Path, extra: &[&str]) -> Server {
+        let ca_file = dir.join("ca-bundle.pem");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let ca = ca_file.clone();
+        Self::launch(dir, seed_kubeconfig, Some(ca_file), move |port| {
+            let mut args: Vec<String> = vec![
+                "--gardener".into(),
+                "--webhook-base-url".into(),
+                format!("https://127.0.0.1:{port}"),
+                "--ca-file".into(),
+                ca.display().to_string(),
+                "--tls-reload-interval".into(),
+                "1s".into(),
+            ];
+            args.append(&mut extra);
+            args
+        })
+    }
+
+    /// `extra(port)`: the flags after the common ones, given the webhook port.
+    fn launch(
+        dir: &Path,
+        kubeconfig: &Path,
+        ca_file: Option<PathBuf>,
+        extra: impl FnOnce(u16) -> Vec<String>,
+    ) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let certs = dir.join("certs");
         let out = Command::new(BIN)
@@ -96,6 +133,9 @@ impl Server {
             "certs: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(ca_file) = &ca_file {
+            std::fs::copy(certs.join("ca.crt"), ca_file).unwrap();
+        }
         let (port, metrics_port) = (free_port(), free_port());
         let log = dir.join(format!("server-{port}.log"));
         let child = Command::new(BIN)
@@ -116,7 +156,7 @@ impl Server {
                 "--shutdown-drain",
                 "2s",
             ])
-            .args(extra)
+            .args(extra(port))
             .env("RUST_LOG", "info,overlay_switch_webhook=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -129,6 +169,7 @@ impl Server {
             metrics_port,
             log,
             certs,
+            ca_file,
         };
         eventually("server /healthz", Duration::from_secs(20), || {
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
@@ -215,40 +256,28 @@ pub enum Cond<'a> {
     Other(&'a str, &'a str),
 }
 
-/// A control plane with our webhook registered (URL-based) and the overlay
-/// Calico objects created.
-pub struct Env {
-    pub server: Server,
-    pub cp: ControlPlane,
-    pub dir: tempfile::TempDir,
-}
+/// kubectl helpers for anything with an API server: an [`Env`]'s control
+/// plane, or an extra API server (e.g. a Gardener shoot). Each panics with
+/// kubectl's output when kubectl fails, unless it returns the outcome.
+pub trait Kubectl {
+    /// The API server kubectl talks to.
+    fn api(&self) -> &ApiServer;
 
-impl Env {
-    /// Control plane + server (admin kubeconfig) + webhook registration.
-    pub fn start(extra: &[&str]) -> Env {
-        let cp = ControlPlane::start().expect("control plane");
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(dir.path(), cp.kubeconfig(), extra);
-        let env = Env { server, cp, dir };
-        env.register_webhook();
-        env
-    }
-
-    pub fn kubectl(&self, args: &[&str]) -> String {
-        self.cp
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.api()
             .kubectl_ok(args, None)
             .unwrap_or_else(|e| panic!("kubectl {args:?}: {e:#}"))
     }
 
-    pub fn kubectl_in(&self, args: &[&str], stdin: &str) -> String {
-        self.cp
+    fn kubectl_in(&self, args: &[&str], stdin: &str) -> String {
+        self.api()
             .kubectl_ok(args, Some(stdin))
             .unwrap_or_else(|e| panic!("kubectl {args:?}: {e:#}"))
     }
 
     /// Runs kubectl; returns (success, stdout, stderr).
-    pub fn kubectl_raw(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.cp.kubectl_run(args, None).expect("kubectl runs");
+    fn kubectl_raw(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.api().kubectl_run(args, None).expect("kubectl runs");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -256,31 +285,8 @@ impl Env {
         )
     }
 
-    pub fn register_webhook(&self) {
-        self.kubectl_in(&["apply", "-f", "-"], &webhook_config_for(&self.server));
-    }
-
-    /// The IPPool CRD, the overlay Calico objects and the given nodes;
-    /// waits until the server is ready, called by the API server, sees the
-    /// nodes, and has the guard as asked.
-    pub fn calico_cluster(&self, nodes: &[(&str, Cond<'_>)], guard: bool) {
-        self.install_ippool_crd();
-        self.create(&OVERLAY);
-        for (name, cond) in nodes {
-            self.add_node(name, *cond);
-        }
-        self.server.wait_ready();
-        self.wait_webhook_active();
-        let routed = nodes
-            .iter()
-            .filter(|(_, c)| matches!(c, Cond::Routed))
-            .count();
-        self.wait_nodes(nodes.len(), routed);
-        self.set_guard(guard);
-    }
-
     /// `kubectl set image` on calico-node's container; (success, stderr).
-    pub fn set_calico_node_image(&self, image: &str) -> (bool, String) {
+    fn set_calico_node_image(&self, image: &str) -> (bool, String) {
         let (ok, _, err) = self.kubectl_raw(&[
             "-n",
             "kube-system",
@@ -292,7 +298,17 @@ impl Env {
         (ok, err)
     }
 
-    pub fn install_ippool_crd(&self) {
+    /// The IPPool CRD, Gardener's overlay (IPIP) Calico objects and the
+    /// given nodes.
+    fn calico_objects(&self, nodes: &[(&str, Cond<'_>)]) {
+        self.install_ippool_crd();
+        self.create(&OVERLAY);
+        for (name, cond) in nodes {
+            self.add_node(name, *cond);
+        }
+    }
+
+    fn install_ippool_crd(&self) {
         let crd = fixture("gardener-calico/crd-ippools.yaml");
         self.kubectl(&["apply", "-f", crd.to_str().unwrap()]);
         self.kubectl(&[
@@ -305,38 +321,21 @@ impl Env {
     }
 
     /// `kubectl create -f` of fixtures (relative to tests/fixtures).
-    pub fn create(&self, fixtures: &[&str]) {
+    fn create(&self, fixtures: &[&str]) {
         for f in fixtures {
             self.kubectl(&["create", "-f", fixture(f).to_str().unwrap()]);
         }
     }
 
     /// `kubectl apply` of one fixture with extra flags; returns (ok, stdout, stderr).
-    pub fn apply(&self, rel: &str, extra: &[&str]) -> (bool, String, String) {
+    fn apply(&self, rel: &str, extra: &[&str]) -> (bool, String, String) {
         let path = fixture(rel);
         let mut args = vec!["apply", "-f", path.to_str().unwrap()];
         args.extend_from_slice(extra);
         self.kubectl_raw(&args)
     }
 
-    pub fn set_guard(&self, on: bool) {
-        let value = format!("{GUARD}={}", if on { "true" } else { "false" });
-        self.kubectl(&[
-            "annotate",
-            "namespace",
-            "kube-system",
-            &value,
-            "--overwrite",
-        ]);
-        let want = if on { 1.0 } else { 0.0 };
-        eventually(
-            "guard toggle seen by the server",
-            Duration::from_secs(10),
-            || (self.server.metric("overlay_switch_guard_enabled") == want).then_some(()),
-        );
-    }
-
-    pub fn add_node(&self, name: &str, cond: Cond<'_>) {
+    fn add_node(&self, name: &str, cond: Cond<'_>) {
         self.kubectl_in(
             &["create", "-f", "-"],
             &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n"),
@@ -344,7 +343,7 @@ impl Env {
         self.set_node(name, cond);
     }
 
-    pub fn set_node(&self, name: &str, cond: Cond<'_>) {
+    fn set_node(&self, name: &str, cond: Cond<'_>) {
         let now = "2026-01-01T00:00:00Z";
         let conditions = match cond {
             Cond::None => "[]".to_string(),
@@ -368,6 +367,90 @@ impl Env {
             "-p",
             &patch,
         ]);
+    }
+
+    /// A JSONPath of a live object.
+    fn get(&self, args: &[&str], jsonpath: &str) -> String {
+        let jp = format!("jsonpath={jsonpath}");
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", &jp]);
+        self.kubectl(&a)
+    }
+
+    fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&a)).unwrap()
+    }
+}
+
+impl Kubectl for ApiServer {
+    fn api(&self) -> &ApiServer {
+        self
+    }
+}
+
+impl Kubectl for Env {
+    fn api(&self) -> &ApiServer {
+        self.cp.api()
+    }
+}
+
+/// A control plane with our webhook registered (URL-based) and the overlay
+/// Calico objects created.
+pub struct Env {
+    pub server: Server,
+    pub cp: ControlPlane,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Control plane + server (admin kubeconfig) + webhook registration.
+    pub fn start(extra: &[&str]) -> Env {
+        let cp = ControlPlane::start().expect("control plane");
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), cp.kubeconfig(), extra);
+        let env = Env { server, cp, dir };
+        env.register_webhook();
+        env
+    }
+
+    pub fn register_webhook(&self) {
+        self.kubectl_in(&["apply", "-f", "-"], &webhook_config_for(&self.server));
+    }
+
+    /// The IPPool CRD, the overlay Calico objects and the given nodes;
+    /// waits until the server is ready, called by the API server, sees the
+    /// nodes, and has the guard as asked.
+    pub fn calico_cluster(&self, nodes: &[(&str, Cond<'_>)], guard: bool) {
+        self.calico_objects(nodes);
+        self.server.wait_ready();
+        self.wait_webhook_active();
+        let routed = nodes
+            .iter()
+            .filter(|(_, c)| matches!(c, Cond::Routed))
+            .count();
+        self.wait_nodes(nodes.len(), routed);
+        self.set_guard(guard);
+    }
+
+    pub fn set_guard(&self, on: bool) {
+        let value = format!("{GUARD}={}", if on { "true" } else { "false" });
+        self.kubectl(&[
+            "annotate",
+            "namespace",
+            "kube-system",
+            &value,
+            "--overwrite",
+        ]);
+        let want = if on { 1.0 } else { 0.0 };
+        eventually(
+            "guard toggle seen by the server",
+            Duration::from_secs(10),
+            || (self.server.metric("overlay_switch_guard_enabled") == want).then_some(()),
+        );
     }
 
     /// Waits until the server's route cache shows `with_route` of `total` nodes.
@@ -417,22 +500,6 @@ impl Env {
                 (self.reviews("ConfigMap", "Allowed", true) > before).then_some(())
             },
         );
-    }
-
-    /// A JSONPath of a live object.
-    pub fn get(&self, args: &[&str], jsonpath: &str) -> String {
-        let jp = format!("jsonpath={jsonpath}");
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["-o", &jp]);
-        self.kubectl(&a)
-    }
-
-    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&a)).unwrap()
     }
 }
 
@@ -901,4 +968,451 @@ pub fn run_status(global: &[&str], kubeconfig: &Path, extra: &[&str]) -> (i32, S
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// --- Gardener mode: a seed, shoots on extra API servers, `serve --gardener` ---
+
+/// The seed's CRDs (fixtures).
+pub const CLUSTER_CRD: &str = "gardener/10-crd-extensions.gardener.cloud_clusters.yaml";
+pub const MANAGED_RESOURCE_CRD: &str =
+    "gardener/10-crd-resources.gardener.cloud_managedresources.yaml";
+/// The registration in a shoot namespace of the seed: the ManagedResource
+/// (and the MutatingWebhookConfiguration it carries) and its Secret.
+pub const REGISTRATION: &str = "overlay-switch-webhook";
+pub const REGISTRATION_SECRET: &str = "managedresource-overlay-switch-webhook";
+pub const REGISTRATION_KEY: &str = "mutatingwebhookconfiguration.yaml";
+/// The label gardener-resource-manager puts on what it applies into a shoot.
+pub const GRM_LABEL: (&str, &str) = ("resources.gardener.cloud/managed-by", "gardener");
+/// The label on our objects in the seed.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "overlay-switch-webhook");
+/// The label that keeps Gardener's webhook remediation off our registration.
+pub const REMEDIATION_EXCLUDE: &str = "remediation.webhook.shoot.gardener.cloud/exclude";
+/// The shoot access Secret (and its key) the server reads by default.
+pub const ACCESS_SECRET: &str = "gardener-internal";
+pub const ACCESS_KEY: &str = "kubeconfig";
+
+/// One shoot of a [`Garden`]: its namespace in the seed (`shoot--p--a`),
+/// the Shoot's guard annotation (`None`: not annotated) and its nodes.
+pub struct ShootSpec<'a> {
+    pub namespace: &'a str,
+    pub guard: Option<&'a str>,
+    pub nodes: &'a [(&'a str, Cond<'a>)],
+}
+
+/// A seed (a control plane with Gardener's Cluster and ManagedResource
+/// CRDs), shoots (extra API servers on the seed's etcd, each with Calico's
+/// overlay objects and its nodes; in the seed its namespace, its access
+/// Secret and its `Cluster`), and our server in Gardener mode against the
+/// seed. Dropped in field order: server, shoots, seed.
+pub struct Garden {
+    pub server: Server,
+    pub shoots: Vec<(String, ApiServer)>,
+    pub seed: ControlPlane,
+    pub dir: tempfile::TempDir,
+}
+
+impl Garden {
+    /// Starts everything (the shoots' API servers at once) and waits until
+    /// the server is ready (the seed's Clusters synced).
+    pub fn start(shoots: &[ShootSpec<'_>], extra: &[&str]) -> Garden {
+        let seed = ControlPlane::start().expect("seed control plane");
+        let apis: Vec<ApiServer> = std::thread::scope(|s| {
+            let starts: Vec<_> = shoots
+                .iter()
+                .map(|spec| {
+                    let prefix = format!("/{}", spec.namespace);
+                    let seed = &seed;
+                    s.spawn(move || seed.start_apiserver(&prefix))
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|h| h.join().unwrap().expect("shoot API server"))
+                .collect()
+        });
+        let api = seed.api();
+        for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD] {
+            api.kubectl(&["apply", "-f", fixture(crd).to_str().unwrap()]);
+        }
+        api.kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd/clusters.extensions.gardener.cloud",
+            "crd/managedresources.resources.gardener.cloud",
+        ]);
+        for (spec, shoot) in shoots.iter().zip(&apis) {
+            shoot.calico_objects(spec.nodes);
+            api.kubectl(&["create", "namespace", spec.namespace]);
+            api.kubectl_in(
+                &["apply", "-f", "-"],
+                &access_secret_yaml(spec.namespace, ACCESS_SECRET, &shoot.kubeconfig_text()),
+            );
+            api.kubectl_in(
+                &["apply", "-f", "-"],
+                &cluster_yaml(spec.namespace, spec.guard),
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_gardener(dir.path(), seed.kubeconfig(), extra);
+        server.wait_ready();
+        Garden {
+            server,
+            shoots: shoots
+                .iter()
+                .map(|s| s.namespace.to_string())
+                .zip(apis)
+                .collect(),
+            seed,
+            dir,
+        }
+    }
+
+    /// The seed's first API server.
+    pub fn seed(&self) -> &ApiServer {
+        self.seed.api()
+    }
+
+    /// The API server of the shoot in `namespace`.
+    pub fn shoot(&self, namespace: &str) -> &ApiServer {
+        &self
+            .shoots
+            .iter()
+            .find(|(ns, _)| ns == namespace)
+            .unwrap()
+            .1
+    }
+
+    pub fn shoot_mut(&mut self, namespace: &str) -> &mut ApiServer {
+        &mut self
+            .shoots
+            .iter_mut()
+            .find(|(ns, _)| ns == namespace)
+            .unwrap()
+            .1
+    }
+
+    /// Sets the Shoot's guard annotation in its Cluster (`None` removes it).
+    pub fn set_cluster_guard(&self, namespace: &str, guard: Option<&str>) {
+        let value = guard.map_or("null".to_string(), |g| format!("{g:?}"));
+        let patch = format!(
+            r#"{{"spec":{{"shoot":{{"metadata":{{"annotations":{{"{GUARD}":{value}}}}}}}}}}}"#
+        );
+        self.seed()
+            .kubectl(&["patch", "cluster", namespace, "--type=merge", "-p", &patch]);
+    }
+
+    /// The registration Secret of `namespace` in the seed (`None`: absent).
+    pub fn registration_secret(&self, namespace: &str) -> Option<serde_json::Value> {
+        get_if_exists(
+            self.seed(),
+            &["-n", namespace, "secret", REGISTRATION_SECRET],
+        )
+    }
+
+    /// The ManagedResource of `namespace` in the seed (`None`: absent).
+    pub fn managed_resource(&self, namespace: &str) -> Option<serde_json::Value> {
+        get_if_exists(
+            self.seed(),
+            &[
+                "-n",
+                namespace,
+                "managedresources.resources.gardener.cloud",
+                REGISTRATION,
+            ],
+        )
+    }
+
+    /// The MutatingWebhookConfiguration carried by the registration Secret
+    /// of `namespace`, decoded (`None`: no Secret).
+    pub fn registered_config(&self, namespace: &str) -> Option<serde_json::Value> {
+        let secret = self.registration_secret(namespace)?;
+        Some(registered_config_of(&secret))
+    }
+
+    /// What gardener-resource-manager does with the registration: the
+    /// MutatingWebhookConfiguration from the Secret, with its label added,
+    /// applied into the shoot.
+    pub fn apply_registration_into_shoot(&self, namespace: &str) -> serde_json::Value {
+        let mut mwc = self
+            .registered_config(namespace)
+            .unwrap_or_else(|| panic!("no registration Secret in {namespace}"));
+        mwc["metadata"]["labels"][GRM_LABEL.0] = GRM_LABEL.1.into();
+        self.shoot(namespace)
+            .kubectl_in(&["apply", "-f", "-"], &mwc.to_string());
+        mwc
+    }
+
+    /// Registers the webhook in the shoot by hand, as `webhook-config`
+    /// renders it, at the shoot's path.
+    pub fn register_by_hand(&self, namespace: &str) {
+        let out = Command::new(BIN)
+            .args(["webhook-config", "--mode", "url", "--ca-file"])
+            .arg(self.server.certs.join("ca.crt"))
+            .args([
+                "--url",
+                &format!(
+                    "https://127.0.0.1:{}/shoots/{namespace}/mutate",
+                    self.server.port
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.shoot(namespace).kubectl_in(
+            &["apply", "-f", "-"],
+            &String::from_utf8(out.stdout).unwrap(),
+        );
+    }
+
+    /// The row of `namespace` in the server's `/shoots` (`None`: not listed).
+    pub fn shoot_report(&self, namespace: &str) -> Option<serde_json::Value> {
+        self.server
+            .shoots_report()
+            .get("shoots")?
+            .as_array()?
+            .iter()
+            .find(|s| s["namespace"] == namespace)
+            .cloned()
+    }
+
+    /// Waits until the server serves `namespace` synced, with `total` nodes
+    /// of which `with_route` have their route.
+    pub fn wait_shoot_synced(&self, namespace: &str, total: usize, with_route: usize) {
+        eventually(
+            &format!("{namespace} served, synced, routes {with_route}/{total}"),
+            Duration::from_secs(30),
+            || {
+                let r = self.shoot_report(namespace)?;
+                (r["served"] == true
+                    && r["synced"] == true
+                    && r["nodes"] == total
+                    && r["nodesWithRoute"] == with_route)
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Waits until the shoot's API server calls the webhook: server-side
+    /// dry runs of an annotation of calico-config in the shoot until the
+    /// server logs a line about a review of `namespace`.
+    pub fn wait_shoot_webhook_called(&self, namespace: &str) {
+        let shoot = self.shoot(namespace);
+        let lines = || {
+            self.server
+                .log_text()
+                .lines()
+                .filter(|l| l.contains(namespace) && l.contains("review"))
+                .count()
+        };
+        eventually(
+            &format!("{namespace}'s API server calls the webhook"),
+            Duration::from_secs(20),
+            || {
+                let before = lines();
+                let _ = shoot.kubectl_raw(&[
+                    "-n",
+                    "kube-system",
+                    "annotate",
+                    "configmap",
+                    "calico-config",
+                    "e2e-probe=1",
+                    "--overwrite",
+                    "--dry-run=server",
+                ]);
+                (lines() > before).then_some(())
+            },
+        );
+    }
+}
+
+/// `kubectl get ... -o json`, `None` when NotFound.
+pub fn get_if_exists(api: &ApiServer, args: &[&str]) -> Option<serde_json::Value> {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    let (ok, out, err) = api.kubectl_raw(&a);
+    if ok {
+        return Some(parse_json(&out));
+    }
+    assert!(err.contains("NotFound"), "kubectl {a:?}: {err}");
+    None
+}
+
+/// The MutatingWebhookConfiguration in a registration Secret (JSON).
+pub fn registered_config_of(secret: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let data = secret["data"][REGISTRATION_KEY]
+        .as_str()
+        .unwrap_or_else(|| panic!("no data key {REGISTRATION_KEY}: {secret}"));
+    let yaml = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    serde_yaml::from_slice(&yaml).unwrap_or_else(|e| {
+        panic!(
+            "{REGISTRATION_KEY} is not one YAML object ({e}):\n{}",
+            String::from_utf8_lossy(&yaml)
+        )
+    })
+}
+
+/// A shoot access Secret as Gardener makes it: the kubeconfig under `kubeconfig`.
+pub fn access_secret_yaml(namespace: &str, name: &str, kubeconfig: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "stringData": {ACCESS_KEY: kubeconfig},
+    })
+    .to_string()
+}
+
+/// A Gardener `Cluster` named after the shoot namespace, with the minimal
+/// `spec.cloudProfile`, `spec.seed` and the Shoot in `spec.shoot`, annotated
+/// with the guard `guard` when given.
+pub fn cluster_yaml(namespace: &str, guard: Option<&str>) -> String {
+    let name = namespace.rsplit("--").next().unwrap();
+    let project = namespace.split("--").nth(1).unwrap_or("p");
+    let mut shoot = serde_json::json!({
+        "apiVersion": "core.gardener.cloud/v1beta1",
+        "kind": "Shoot",
+        "metadata": {"name": name, "namespace": format!("garden-{project}")},
+        "spec": {
+            "cloudProfileName": "local",
+            "networking": {"type": "calico", "nodes": "10.250.0.0/16", "pods": "100.64.0.0/12"},
+            "region": "local",
+        },
+        "status": {"technicalID": namespace},
+    });
+    if let Some(g) = guard {
+        shoot["metadata"]["annotations"] = serde_json::json!({ GUARD: g });
+    }
+    serde_json::json!({
+        "apiVersion": "extensions.gardener.cloud/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": namespace},
+        "spec": {
+            "cloudProfile": {
+                "apiVersion": "core.gardener.cloud/v1beta1",
+                "kind": "CloudProfile",
+                "metadata": {"name": "local"},
+            },
+            "seed": {
+                "apiVersion": "core.gardener.cloud/v1beta1",
+                "kind": "Seed",
+                "metadata": {"name": "local"},
+            },
+            "shoot": shoot,
+        },
+    })
+    .to_string()
+}
+
+impl Server {
+    /// `GET /shoots` on the admin port (JSON).
+    pub fn shoots_report(&self) -> serde_json::Value {
+        let (status, body) = http_get(self.metrics_port, "/shoots")
+            .unwrap_or_else(|| panic!("GET /shoots: no answer"));
+        assert_eq!(status, 200, "GET /shoots: {body}");
+        parse_json(&body)
+    }
+
+    /// POSTs an AdmissionReview to `path` on the webhook port over TLS
+    /// (trusting the server's own CA, as an API server would with the
+    /// registration's caBundle); returns the HTTP status and the body.
+    pub fn post_review(&self, path: &str, review: &serde_json::Value) -> (u16, serde_json::Value) {
+        let ca = std::fs::read(self.certs.join("ca.crt")).unwrap();
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        let body = review.to_string();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let client = reqwest::Client::builder()
+                    .use_rustls_tls()
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap();
+                let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+                (status, json)
+            })
+    }
+}
+
+/// A fixture as JSON.
+pub fn fixture_json(rel: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(rel)).unwrap();
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// An AdmissionReview of an UPDATE from `old` to `new` (one of Calico's
+/// objects), by an operator, as an API server sends it.
+pub fn update_review(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    let api_version = new["apiVersion"].as_str().unwrap();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let kind = new["kind"].as_str().unwrap();
+    let resource = format!("{}s", kind.to_lowercase());
+    let mut request = serde_json::json!({
+        "uid": format!("e2e-{}", std::process::id()),
+        "kind": {"group": group, "version": version, "kind": kind},
+        "resource": {"group": group, "version": version, "resource": resource},
+        "name": new["metadata"]["name"],
+        "operation": "UPDATE",
+        "userInfo": {"username": "e2e-operator"},
+        "object": new,
+        "oldObject": old,
+        "dryRun": false,
+    });
+    if let Some(ns) = new["metadata"]["namespace"].as_str() {
+        request["namespace"] = ns.into();
+    }
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": request,
+    })
+}
+
+/// The object as the API server would store it after `response` (the
+/// AdmissionReview's `response`): `object` with its JSON patch applied.
+pub fn patched(object: &serde_json::Value, response: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut stored = object.clone();
+    if let Some(p) = response["patch"].as_str() {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut stored, &patch).expect("the response's patch applies");
+    }
+    stored
+}
+
+/// The warnings of an AdmissionReview response, joined by newlines.
+pub fn warnings_of(response: &serde_json::Value) -> String {
+    response["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|w| w.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }

@@ -1,0 +1,518 @@
+//! Gardener mode end to end (issue #8): one server in the seed guards many
+//! shoots. A real seed kube-apiserver with Gardener's Cluster and
+//! ManagedResource CRDs, two shoots (kube-apiservers of their own on the
+//! seed's etcd) with Calico's overlay objects and nodes, and our server
+//! started with `serve --gardener` against the seed. Shoot A's Shoot carries
+//! the guard annotation, shoot B's none.
+
+mod controlplane;
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use e2e_support::*;
+use overlay_switch_webhook::gardener::http::ShootsReport;
+use serde_json::Value;
+
+const A: &str = "shoot--p--a";
+const B: &str = "shoot--p--b";
+/// Annotated, but without an access Secret or an API server.
+const C: &str = "shoot--p--c";
+const POOL: [&str; 2] = ["ippool", "default-ipv4-ippool"];
+const OVERLAY_POOL: &str = "gardener-calico/overlay-ipip/ippool-default-ipv4.yaml";
+
+fn ipip_mode(shoot: &impl Kubectl) -> String {
+    shoot.get(&POOL, "{.spec.ipipMode}")
+}
+
+fn has_record(shoot: &impl Kubectl) -> bool {
+    shoot
+        .get_json(&POOL)
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.as_object())
+        .is_some_and(|a| a.contains_key(INTENT))
+}
+
+/// `kubectl apply` of the native IPPool in `shoot`; returns its stderr
+/// (warnings), panicking if kubectl failed.
+fn switch_to_native(shoot: &impl Kubectl) -> String {
+    let (ok, _, err) = shoot.apply(NATIVE_POOL, &[]);
+    assert!(ok, "apply native pool: {err}");
+    err
+}
+
+/// Back to the overlay pool (a rollback, never held).
+fn back_to_overlay(shoot: &impl Kubectl) {
+    let (ok, _, err) = shoot.apply(OVERLAY_POOL, &[]);
+    assert!(ok, "apply overlay pool: {err}");
+    assert!(!err.contains("overlay switch held"), "rollback held: {err}");
+    assert_eq!(ipip_mode(shoot), "Always");
+}
+
+/// The per-shoot path of the webhook.
+fn mutate_path(namespace: &str) -> String {
+    format!("/shoots/{namespace}/mutate")
+}
+
+/// The IPPool switch (overlay -> native) as a review POSTed straight to
+/// `namespace`'s path; returns the review's `response`.
+fn post_pool_switch(g: &Garden, namespace: &str) -> (Value, Value) {
+    let old = fixture_json(OVERLAY_POOL);
+    let new = fixture_json(NATIVE_POOL);
+    let (status, body) = g
+        .server
+        .post_review(&mutate_path(namespace), &update_review(&old, &new));
+    assert_eq!(status, 200, "POST {}: {body}", mutate_path(namespace));
+    assert_eq!(body["kind"], "AdmissionReview", "{body}");
+    (body["response"].clone(), new)
+}
+
+/// Checks the registration of `namespace` in the seed (ManagedResource and
+/// Secret) against the contract and returns the MutatingWebhookConfiguration.
+fn check_registration(g: &Garden, namespace: &str, ca_pem: &[u8]) -> Value {
+    let mr = g
+        .managed_resource(namespace)
+        .expect("ManagedResource exists");
+    assert_eq!(
+        mr["apiVersion"], "resources.gardener.cloud/v1alpha1",
+        "{mr}"
+    );
+    assert_eq!(
+        mr["spec"]["secretRefs"],
+        serde_json::json!([{ "name": REGISTRATION_SECRET }]),
+        "{mr}"
+    );
+    assert!(
+        mr["spec"]["class"].is_null(),
+        "no class (the shoot's resource manager applies it): {mr}"
+    );
+    assert_eq!(mr["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1, "{mr}");
+    let secret = g.registration_secret(namespace).expect("Secret exists");
+    assert_eq!(
+        secret["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1,
+        "{secret}"
+    );
+
+    let mwc = registered_config_of(&secret);
+    assert_eq!(mwc["kind"], "MutatingWebhookConfiguration", "{mwc}");
+    assert_eq!(mwc["metadata"]["name"], REGISTRATION, "{mwc}");
+    assert_eq!(
+        mwc["metadata"]["labels"][REMEDIATION_EXCLUDE], "true",
+        "{mwc}"
+    );
+    let base = format!("https://127.0.0.1:{}/shoots/{namespace}", g.server.port);
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let webhooks = mwc["webhooks"].as_array().expect("webhooks");
+    let urls: Vec<&str> = webhooks
+        .iter()
+        .map(|w| w["clientConfig"]["url"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        urls.contains(&format!("{base}/mutate").as_str())
+            && urls.contains(&format!("{base}/mutate-node-status").as_str()),
+        "{urls:?}"
+    );
+    for w in webhooks {
+        assert_eq!(w["clientConfig"]["caBundle"], bundle.as_str(), "{w}");
+        assert!(w["clientConfig"]["service"].is_null(), "{w}");
+    }
+    mwc
+}
+
+/// Whether every webhook of the registration of `namespace` has `ca_pem`.
+fn registered_ca_is(g: &Garden, namespace: &str, ca_pem: &[u8]) -> bool {
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    g.registered_config(namespace).is_some_and(|mwc| {
+        mwc["webhooks"].as_array().is_some_and(|ws| {
+            !ws.is_empty()
+                && ws
+                    .iter()
+                    .all(|w| w["clientConfig"]["caBundle"] == bundle.as_str())
+        })
+    })
+}
+
+fn registration_gone(g: &Garden, namespace: &str) -> bool {
+    g.managed_resource(namespace).is_none() && g.registration_secret(namespace).is_none()
+}
+
+fn phase(start: Instant, what: &str) {
+    eprintln!("[{:>6.1?}] {what}", start.elapsed());
+}
+
+#[test]
+fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
+    let t = Instant::now();
+    let mut g = Garden::start(
+        &[
+            ShootSpec {
+                namespace: A,
+                guard: Some("true"),
+                nodes: &[("a-1", Cond::Routed), ("a-2", Cond::None)],
+            },
+            ShootSpec {
+                namespace: B,
+                guard: None,
+                nodes: &[("b-1", Cond::Routed), ("b-2", Cond::None)],
+            },
+        ],
+        &[],
+    );
+    phase(t, "seed, shoots A and B, server ready");
+    let ca = std::fs::read(g.server.ca_file.as_ref().unwrap()).unwrap();
+
+    // --- Registration: A's ManagedResource and Secret, none for B. ---
+    eventually(
+        "A's ManagedResource and Secret",
+        Duration::from_secs(30),
+        || (g.managed_resource(A).is_some() && g.registration_secret(A).is_some()).then_some(()),
+    );
+    check_registration(&g, A, &ca);
+    assert!(
+        registration_gone(&g, B),
+        "B is not annotated: nothing registered"
+    );
+    let mwc = g.apply_registration_into_shoot(A);
+    assert_eq!(mwc["metadata"]["labels"][GRM_LABEL.0], GRM_LABEL.1);
+    g.register_by_hand(B);
+    phase(t, "registered: A by its ManagedResource, B by hand");
+
+    g.wait_shoot_synced(A, 2, 1);
+    let report = g.server.shoots_report();
+    assert_eq!(report["clustersSynced"], true, "{report}");
+    let b = g.shoot_report(B).expect("B listed");
+    assert_eq!(b["guard"], "off", "{b}");
+    assert!(b["problem"].is_null(), "{b}");
+    let a = g.shoot_report(A).unwrap();
+    assert_eq!(a["guard"], "on", "{a}");
+    assert!(a["problem"].is_null(), "{a}");
+    eprintln!("/shoots: {report}");
+    // The contract's type of /shoots reads it.
+    let typed: ShootsReport = serde_json::from_value(report.clone())
+        .unwrap_or_else(|e| panic!("/shoots is not a ShootsReport ({e}): {report}"));
+    assert_eq!(typed.shoots.len(), 2, "{report}");
+    assert!(a["gateClosed"].as_str().unwrap().contains("a-2"), "{a}");
+    assert!(b["served"] == false && b["synced"] == false, "{b}");
+    assert_eq!(g.server.metric("overlay_switch_shoots "), 1.0, "A served");
+    assert_eq!(
+        g.server
+            .metric(&format!("overlay_switch_shoot_synced{{shoot=\"{A}\"}}")),
+        1.0
+    );
+    assert_eq!(
+        g.server.metric(&format!(
+            "overlay_switch_shoot_guard_enabled{{shoot=\"{A}\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        g.server
+            .metric(&format!("overlay_switch_shoot_nodes{{shoot=\"{A}\"}}")),
+        2.0
+    );
+    assert_eq!(
+        g.server.metric(&format!(
+            "overlay_switch_shoot_nodes_with_route{{shoot=\"{A}\"}}"
+        )),
+        1.0
+    );
+
+    // --- A's switch is held while a-2 has no route. ---
+    let shoot_a = g.shoot(A);
+    eventually(
+        "A's API server calls the webhook (a dry-run switch is held)",
+        Duration::from_secs(20),
+        || {
+            let (_, _, err) = shoot_a.apply(NATIVE_POOL, &["--dry-run=server"]);
+            err.contains("overlay switch held").then_some(())
+        },
+    );
+    let warning = switch_to_native(shoot_a);
+    eprintln!("A's switch: {}", warning.trim());
+    assert!(warning.contains("overlay switch held"), "{warning}");
+    assert!(warning.contains("a-2"), "names the node: {warning}");
+    assert_eq!(ipip_mode(shoot_a), "Always", "held: the pool is unchanged");
+    assert!(has_record(shoot_a), "the intent is recorded");
+    let a = g.shoot_report(A).unwrap();
+    assert_eq!(
+        a["held"],
+        serde_json::json!(["IPPool default-ipv4-ippool"]),
+        "{a}"
+    );
+    assert_eq!(
+        g.server.metric(&format!(
+            "overlay_switch_shoot_held_objects{{shoot=\"{A}\"}}"
+        )),
+        1.0
+    );
+    phase(t, "A's switch held");
+
+    // --- B's same switch, with b-2 just as routeless, is never held. ---
+    let shoot_b = g.shoot(B);
+    g.wait_shoot_webhook_called(B);
+    let warning = switch_to_native(shoot_b);
+    assert!(!warning.contains("overlay switch"), "{warning}");
+    assert_eq!(ipip_mode(shoot_b), "Never");
+    assert!(!has_record(shoot_b));
+    let (response, new) = post_pool_switch(&g, B);
+    assert_eq!(response["allowed"], true, "{response}");
+    assert_eq!(patched(&new, &response), new, "B's review is unchanged");
+    phase(t, "B's switch passed");
+
+    // --- status --gardener: every Cluster; --shoot: one shoot's detail. ---
+    let (code, out, err) = run_status(&[], g.seed.kubeconfig(), &["--gardener"]);
+    eprintln!("status --gardener (exit {code}):\n{out}");
+    assert_eq!(code, 1, "A holds a switch: {out}{err}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .eq(["SHOOT", "GUARD", "REGISTERED", "ROUTED", "HELD", "GATE"]),
+        "{out}"
+    );
+    let line = |ns: &str| {
+        out.lines()
+            .find(|l| l.starts_with(ns))
+            .unwrap_or_else(|| panic!("no row for {ns}: {out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        line(A)[..6],
+        [A, "on", "yes", "1/2", "IPPool", "default-ipv4-ippool"],
+        "{out}"
+    );
+    assert_eq!(line(B)[..5], [B, "off", "no", "1/2", "-"], "{out}");
+    let (code, out, err) = run_status(&[], g.seed.kubeconfig(), &["--gardener", "-o", "json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let json = parse_json(&out);
+    let rows = json.as_array().unwrap_or_else(|| panic!("rows: {json}"));
+    let row = |ns: &str| {
+        rows.iter()
+            .find(|r| r["shoot"] == ns)
+            .unwrap_or_else(|| panic!("no row for {ns}: {json}"))
+    };
+    assert!(
+        row(A)["guard"] == "on" && row(A)["registered"] == true,
+        "{json}"
+    );
+    assert!(
+        row(B)["guard"] == "off" && row(B)["registered"] == false,
+        "{json}"
+    );
+    assert!(
+        row(A)["error"].is_null() && row(B)["error"].is_null(),
+        "{json}"
+    );
+    let (code, out, err) = run_status(
+        &[],
+        g.seed.kubeconfig(),
+        &["--gardener", "--shoot", B, "--settle-time", "0s"],
+    );
+    eprintln!("status --gardener --shoot {B} (exit {code}):\n{out}");
+    assert_eq!(code, 0, "B holds nothing: {out}{err}");
+    assert!(out.contains("b-1") && out.contains("b-2"), "{out}");
+    let (code, out, err) = run_status(
+        &[],
+        g.seed.kubeconfig(),
+        &["--gardener", "--shoot", A, "--settle-time", "0s"],
+    );
+    assert_eq!(code, 1, "A holds its pool: {out}{err}");
+    assert!(out.contains("IPPool default-ipv4-ippool"), "{out}");
+    phase(t, "status --gardener");
+
+    // --- The last route of A appears: the held switch is released. ---
+    shoot_a.set_node("a-2", Cond::Routed);
+    eventually(
+        "A's pool released to native",
+        Duration::from_secs(30),
+        || (ipip_mode(shoot_a) == "Never" && !has_record(shoot_a)).then_some(()),
+    );
+    eventually("A holds nothing", Duration::from_secs(10), || {
+        (g.shoot_report(A)?["held"] == serde_json::json!([])).then_some(())
+    });
+    phase(t, "A's switch released by itself");
+
+    // --- A's guard off: its next switch passes, its registration goes. ---
+    back_to_overlay(shoot_a);
+    shoot_a.set_node("a-2", Cond::NoRoute);
+    g.wait_shoot_synced(A, 2, 1);
+    g.set_cluster_guard(A, Some("false"));
+    eventually(
+        "A's ManagedResource and Secret removed",
+        Duration::from_secs(30),
+        || registration_gone(&g, A).then_some(()),
+    );
+    eventually("A's guard off in /shoots", Duration::from_secs(10), || {
+        (g.shoot_report(A)?["guard"] == "off").then_some(())
+    });
+    // The webhook configuration is still registered in A (as if the
+    // resource manager had not removed it yet): the server admits.
+    let warning = switch_to_native(shoot_a);
+    assert!(!warning.contains("overlay switch"), "{warning}");
+    assert_eq!(ipip_mode(shoot_a), "Never");
+    assert!(!has_record(shoot_a));
+    phase(t, "A's guard off: switch passed, registration removed");
+
+    // --- A on again; the CA bundle changes; then A's API server stops. ---
+    back_to_overlay(shoot_a);
+    g.set_cluster_guard(A, Some("true"));
+    eventually("A registered again", Duration::from_secs(30), || {
+        (!registration_gone(&g, A)).then_some(())
+    });
+    g.wait_shoot_synced(A, 2, 1);
+    check_registration(&g, A, &ca);
+
+    let other = g.dir.path().join("other-ca");
+    let out = std::process::Command::new(BIN)
+        .args(["certs", "--out-dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_ca = std::fs::read(other.join("ca.crt")).unwrap();
+    assert_ne!(new_ca, ca);
+    let ca_file = g.server.ca_file.clone().unwrap();
+    let tmp = ca_file.with_extension("new");
+    std::fs::write(&tmp, &new_ca).unwrap();
+    std::fs::rename(&tmp, &ca_file).unwrap();
+    eventually(
+        "the registration carries the new CA",
+        Duration::from_secs(30),
+        || registered_ca_is(&g, A, &new_ca).then_some(()),
+    );
+    check_registration(&g, A, &new_ca);
+    phase(t, "CA bundle change re-applied to the registration");
+
+    // Killed, as a crash: a SIGTERM would wait for the server's watches.
+    g.shoot_mut(A).kill();
+    let a = eventually(
+        "A not synced, with a problem",
+        Duration::from_secs(60),
+        || {
+            let a = g.shoot_report(A)?;
+            (a["synced"] == false && a["problem"].is_string()).then_some(a)
+        },
+    );
+    eprintln!("A unreachable: {a}");
+    assert_eq!(a["guard"], "on", "{a}");
+    assert!(
+        g.server.ready(),
+        "an unreachable shoot does not make the server unready"
+    );
+    let (response, new) = post_pool_switch(&g, A);
+    assert_eq!(response["allowed"], true, "held, not refused: {response}");
+    let stored = patched(&new, &response);
+    assert_eq!(stored["spec"]["ipipMode"], "Always", "held: {response}");
+    let warnings = warnings_of(&response);
+    eprintln!("A's switch while unreachable: {warnings}");
+    assert!(
+        warnings.contains("overlay switch held") && warnings.contains("unknown"),
+        "{warnings}"
+    );
+    assert_eq!(
+        g.server
+            .metric(&format!("overlay_switch_shoot_synced{{shoot=\"{A}\"}}")),
+        0.0
+    );
+    // B is unaffected. Its guard is off, so the server does not serve (nor
+    // watch) it: it has no synced state to keep; unaffected means no
+    // problem reported and its switches still pass.
+    let shoot_b = g.shoot(B);
+    let b = g.shoot_report(B).unwrap();
+    assert!(b["problem"].is_null(), "{b}");
+    back_to_overlay(shoot_b);
+    let warning = switch_to_native(shoot_b);
+    assert!(!warning.contains("overlay switch"), "{warning}");
+    assert_eq!(ipip_mode(shoot_b), "Never");
+    phase(t, "A unknown (held), B unaffected");
+
+    // --- A's Cluster deleted: A stops, its path is refused. ---
+    g.seed().kubectl(&["delete", "cluster", A, "--wait=true"]);
+    eventually("A gone from /shoots", Duration::from_secs(30), || {
+        g.shoot_report(A).is_none().then_some(())
+    });
+    eventually("A's registration removed", Duration::from_secs(30), || {
+        registration_gone(&g, A).then_some(())
+    });
+    let (response, _) = post_pool_switch(&g, A);
+    eprintln!("A's switch after its Cluster was deleted: {response}");
+    assert_eq!(response["allowed"], false, "{response}");
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Cluster") && message.contains(A),
+        "names the missing Cluster: {response}"
+    );
+    let (response, _) = post_pool_switch(&g, "shoot--p--nope");
+    assert_eq!(response["allowed"], false, "{response}");
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Cluster") && message.contains("shoot--p--nope"),
+        "{response}"
+    );
+    assert!(g.shoot_report(B).is_some());
+    // Through a real API server: B's Cluster deleted, B's next change of a
+    // Calico object (its webhook still registered) is refused, and kubectl
+    // shows why.
+    g.seed().kubectl(&["delete", "cluster", B, "--wait=true"]);
+    eventually("B gone from /shoots", Duration::from_secs(30), || {
+        g.shoot_report(B).is_none().then_some(())
+    });
+    let (ok, _, err) = g.shoot(B).apply(OVERLAY_POOL, &[]);
+    eprintln!("B's change after its Cluster was deleted: {}", err.trim());
+    assert!(!ok, "refused");
+    assert!(
+        err.contains(&format!("no Gardener Cluster \"{B}\"")),
+        "names the missing Cluster: {err}"
+    );
+    assert_eq!(ipip_mode(g.shoot(B)), "Never", "unchanged");
+    phase(t, "A's and B's Clusters deleted: refused");
+
+    // --- Guard on, but no access Secret (and no API server): held as unknown. ---
+    g.seed().kubectl(&["create", "namespace", C]);
+    g.seed()
+        .kubectl_in(&["apply", "-f", "-"], &cluster_yaml(C, Some("true")));
+    let c = eventually(
+        "C served, not synced, with a problem",
+        Duration::from_secs(30),
+        || {
+            let c = g.shoot_report(C)?;
+            (c["served"] == true && c["synced"] == false && c["problem"].is_string()).then_some(c)
+        },
+    );
+    eprintln!("C without access: {c}");
+    assert!(
+        c["problem"].as_str().unwrap().contains(ACCESS_SECRET),
+        "names the missing Secret: {c}"
+    );
+    let (response, new) = post_pool_switch(&g, C);
+    assert_eq!(response["allowed"], true, "held, not refused: {response}");
+    assert_eq!(
+        patched(&new, &response)["spec"]["ipipMode"],
+        "Always",
+        "{response}"
+    );
+    let warnings = warnings_of(&response);
+    eprintln!("C's switch: {warnings}");
+    assert!(warnings.contains("unknown"), "{warnings}");
+    phase(t, "C without an access Secret: held as unknown");
+
+    let problems: Vec<String> = g
+        .server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("\"level\":\"WARN\""))
+        .map(String::from)
+        .collect();
+    eprintln!("server warnings and errors ({}):", problems.len());
+    for l in &problems {
+        eprintln!("  {l}");
+    }
+    eprintln!("e2e_gardener: {:.1?} in all", t.elapsed());
+}
