@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
 
-use super::serve::{ServeArgs, client, serve_until_stopped};
+use super::serve::{ServeArgs, config, serve_until_stopped};
 use crate::cluster::watch::{Backoff, Health, keep_watching};
 use crate::gardener::http::{self, GardenerState, ShootGauges};
 use crate::gardener::reconcile::{self, RegistrationConfig};
@@ -48,7 +48,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
         .context("loading the serving certificate")?;
     let tls = Arc::new(certs.server_config()?);
-    let seed = client(args.kubeconfig.as_deref()).await?;
+    // HTTP/2 to the seed too: one connection for the Cluster watch and
+    // every shoot's access Secret reads.
+    let seed = crate::gardener::access::http2_client(config(args.kubeconfig.as_deref()).await?)?;
 
     let (mut registry, metrics) = crate::metrics::registry();
     let gauges = ShootGauges::register(&mut registry);
