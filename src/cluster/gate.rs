@@ -65,6 +65,8 @@ pub fn opens_in(routes: &Snapshot, settle: Duration, now: Timestamp) -> Option<D
 #[derive(Debug, Clone)]
 pub struct Situation<'a> {
     pub toggle: Toggle,
+    /// Why the toggle is unknown, when it is (from its source).
+    pub toggle_unknown: &'a str,
     pub routes: &'a Snapshot,
     pub settle: Duration,
     pub now: Timestamp,
@@ -133,7 +135,7 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
         };
     }
     if !s.toggle.synced {
-        return Verdict::Hold("guard state unknown (namespace watch not synced)".into());
+        return Verdict::Hold(s.toggle_unknown.into());
     }
     let gate = routes_gate(s.routes, s.settle, s.now);
     let released = s.action == Some("release");
@@ -197,6 +199,7 @@ mod tests {
     fn sit<'a>(routes: &'a Snapshot, others: &'a [String]) -> Situation<'a> {
         Situation {
             toggle: on(),
+            toggle_unknown: crate::cluster::toggle::NAMESPACE_UNKNOWN,
             routes,
             settle: Duration::from_secs(10),
             now: ts(1000),

@@ -48,6 +48,9 @@ impl Toggle {
     }
 }
 
+/// Why the toggle is unknown with [`GuardSource::Namespace`].
+pub const NAMESPACE_UNKNOWN: &str = "guard state unknown (namespace watch not synced)";
+
 /// Where the guard's on/off comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardSource {
@@ -117,6 +120,20 @@ impl ToggleState {
                     guard: external.unwrap_or(false),
                     ..ns
                 }
+            }
+        }
+    }
+
+    /// Why [`ToggleState::get`] is not synced, in words for a warning.
+    pub fn unknown_reason(&self) -> &'static str {
+        let external = *self.external.read().unwrap_or_else(|e| e.into_inner());
+        match (self.source, external) {
+            (GuardSource::Namespace, _) => NAMESPACE_UNKNOWN,
+            (GuardSource::External, None) => {
+                "guard state unknown (whether this shoot is guarded is not known: the seed's Gardener Cluster watch has not synced)"
+            }
+            (GuardSource::External, Some(_)) => {
+                "cancel and force requests unknown (the watch of this cluster's toggle namespace has not synced)"
             }
         }
     }
@@ -268,6 +285,7 @@ mod tests {
     #[test]
     fn an_external_guard_overrides_the_namespace_annotation_only() {
         let s = ToggleState::with_source("kube-system", GuardSource::External);
+        assert!(s.unknown_reason().contains("Gardener Cluster watch"));
         let mut changes = s.subscribe();
         s.relist_begin();
         s.relist_apply(ns(
@@ -296,6 +314,11 @@ mod tests {
         s.lost();
         s.set_guard(Some(true));
         assert!(!s.get().synced, "a broken namespace watch is unknown too");
+        assert!(
+            s.unknown_reason()
+                .starts_with("cancel and force requests unknown")
+        );
+        assert_eq!(ToggleState::new("x").unknown_reason(), NAMESPACE_UNKNOWN);
         let plain = ToggleState::new("kube-system");
         plain.set_guard(Some(true));
         assert!(!plain.get().guard, "ignored without an external source");

@@ -186,6 +186,7 @@ impl Webhook {
         let old_has_record = old_record.is_some();
         let situation = Situation {
             toggle,
+            toggle_unknown: self.cluster.toggle.unknown_reason(),
             routes: &routes,
             settle: settings.settle,
             now,
