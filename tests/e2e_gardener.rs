@@ -218,8 +218,31 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
         1.0
     );
 
-    // --- A's switch is held while a-2 has no route. ---
+    // --- calico-node's write on a routed node of A keeps the route
+    // controller's condition (A's node-status path, judged with A's state). ---
     let shoot_a = g.shoot(A);
+    shoot_a.grant_node_status("e2e-calico-node", &[CALICO_NODE_USER]);
+    let (ok, _, err) = shoot_a.network_unavailable_write(
+        "a-1",
+        "True",
+        "CalicoIsDown",
+        Some(CALICO_NODE_USER),
+        &[],
+    );
+    assert!(ok, "calico-node's write: {err}");
+    assert!(
+        err.contains("kept as the route controller wrote it"),
+        "{err}"
+    );
+    let kept = shoot_a.network_unavailable("a-1");
+    assert_eq!(
+        (kept[0]["status"].as_str(), kept[0]["reason"].as_str()),
+        (Some("False"), Some("RouteCreated")),
+        "{kept:?}"
+    );
+    phase(t, "A: calico-node's write kept the route condition");
+
+    // --- A's switch is held while a-2 has no route. ---
     eventually(
         "A's API server calls the webhook (a dry-run switch is held)",
         Duration::from_secs(20),

@@ -828,11 +828,13 @@ pub fn calico_condition(status: &str, reason: &str) -> String {
     )
 }
 
-impl Env {
+/// calico-node's writes of node status, on any cluster (a single-cluster
+/// Env or a Gardener shoot).
+pub trait NodeStatusWrites: Kubectl {
     /// A ClusterRole `name` that may get, patch and update nodes/status (as
     /// calico-node's own ClusterRole may), bound to each of `users`
     /// (`system:serviceaccount:<ns>:<name>`).
-    pub fn grant_node_status(&self, name: &str, users: &[&str]) {
+    fn grant_node_status(&self, name: &str, users: &[&str]) {
         let subjects: String = users
             .iter()
             .map(|u| {
@@ -855,7 +857,7 @@ impl Env {
     /// calico-node's write, as calico-node sends it: a strategic merge
     /// patch of nodes/status with one NetworkUnavailable condition, made as
     /// `user` (`None`: the admin). Returns (success, stdout, stderr).
-    pub fn network_unavailable_write(
+    fn network_unavailable_write(
         &self,
         node: &str,
         status: &str,
@@ -883,10 +885,14 @@ impl Env {
     }
 
     /// The node's NetworkUnavailable conditions as stored.
-    pub fn network_unavailable(&self, node: &str) -> Vec<serde_json::Value> {
+    fn network_unavailable(&self, node: &str) -> Vec<serde_json::Value> {
         network_unavailable_of(&self.get_json(&["node", node]))
     }
+}
 
+impl<T: Kubectl + ?Sized> NodeStatusWrites for T {}
+
+impl Env {
     /// Registers the webhook with `webhook-config --calico-node-user` for
     /// each of `users` (replacing the registration).
     pub fn register_webhook_for_users(&self, users: &[&str]) {
