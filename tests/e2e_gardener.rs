@@ -346,6 +346,45 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
     assert!(out.contains("IPPool default-ipv4-ippool"), "{out}");
     phase(t, "status --gardener");
 
+    // --- A hibernates while it holds: not guarded, but what is held is
+    // kept (served, registered) until it wakes up. ---
+    let hibernate = |on: bool| {
+        g.seed().kubectl(&[
+            "patch",
+            "cluster",
+            A,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"shoot":{{"spec":{{"hibernation":{{"enabled":{on}}}}}}}}}}}"#),
+        ]);
+    };
+    hibernate(true);
+    eventually("A hibernated in /shoots", Duration::from_secs(10), || {
+        (g.shoot_report(A)?["guard"] == "hibernated").then_some(())
+    });
+    let a = g.shoot_report(A).unwrap();
+    assert_eq!(a["served"], true, "still served while it holds: {a}");
+    assert_eq!(
+        a["held"],
+        serde_json::json!(["IPPool default-ipv4-ippool"]),
+        "{a}"
+    );
+    assert!(
+        g.managed_resource(A).is_some(),
+        "registration kept while hibernated"
+    );
+    assert_eq!(
+        ipip_mode(shoot_a),
+        "Always",
+        "the held switch is kept, not released"
+    );
+    assert!(has_record(shoot_a));
+    hibernate(false);
+    eventually("A awake in /shoots", Duration::from_secs(10), || {
+        (g.shoot_report(A)?["guard"] == "on").then_some(())
+    });
+    phase(t, "A hibernated and woke up with its switch still held");
+
     // --- The last route of A appears: the held switch is released. ---
     shoot_a.set_node("a-2", Cond::Routed);
     eventually(
