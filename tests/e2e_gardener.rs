@@ -578,3 +578,152 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
     }
     eprintln!("e2e_gardener: {:.1?} in all", t.elapsed());
 }
+
+/// `serve --gardener --certificates-secret`: the first server makes its CA
+/// and serving certificate and keeps them in a Secret of its namespace; it
+/// serves with them and writes that CA into the registrations; a second
+/// server (another replica, a restart) takes the same pair.
+#[test]
+fn the_server_keeps_its_own_certificates_in_the_seed() {
+    use std::process::{Command, Stdio};
+    let seed = controlplane::ControlPlane::start().expect("seed");
+    for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD] {
+        seed.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
+            .unwrap();
+    }
+    seed.kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd/clusters.extensions.gardener.cloud",
+            "crd/managedresources.resources.gardener.cloud",
+        ],
+        None,
+    )
+    .unwrap();
+    for ns in ["garden-osw", A] {
+        seed.kubectl_ok(&["create", "namespace", ns], None).unwrap();
+    }
+    seed.kubectl_ok(&["apply", "-f", "-"], Some(&cluster_yaml(A, Some("true"))))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |n: u32| {
+        let (port, metrics) = (free_port(), free_port());
+        let log = dir.path().join(format!("server-{n}.log"));
+        let child = Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--gardener"])
+            .arg("--kubeconfig")
+            .arg(seed.kubeconfig())
+            .args(["--webhook-base-url", &format!("https://localhost:{port}")])
+            .args([
+                "--certificates-secret",
+                "osw-certs",
+                "--namespace",
+                "garden-osw",
+            ])
+            .arg("--certificates-dir")
+            .arg(dir.path().join(format!("certs-{n}")))
+            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--shutdown-delay", "0s", "--shutdown-drain", "1s"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start server");
+        eventually("server ready", Duration::from_secs(30), || {
+            http_get(metrics, "/readyz").filter(|(s, _)| *s == 200)
+        });
+        (child, port)
+    };
+    let secret_ca = || {
+        let s = seed
+            .kubectl_ok(
+                &[
+                    "-n",
+                    "garden-osw",
+                    "get",
+                    "secret",
+                    "osw-certs",
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .unwrap();
+        let v: Value = serde_json::from_str(&s).unwrap();
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(v["data"]["ca.crt"].as_str().unwrap())
+            .unwrap();
+        (ca, v["metadata"]["annotations"].clone())
+    };
+    let (mut first, port) = start(1);
+    let (ca, annotations) = secret_ca();
+    assert!(
+        annotations["overlay-switch-webhook.gardener.cloud/not-after"].is_string(),
+        "{annotations}"
+    );
+    // The server serves with that CA's certificate for its host name.
+    let served = |port: u16, ca: &[u8]| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
+                .build()
+                .unwrap();
+            client
+                .post(format!("https://localhost:{port}/shoots/{A}/mutate"))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    assert_eq!(served(port, &ca).expect("TLS with the Secret's CA"), 200);
+    // The registration of A carries the same CA.
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
+    eventually(
+        "A's registration with the Secret's CA",
+        Duration::from_secs(30),
+        || {
+            let s = seed
+                .kubectl_ok(
+                    &[
+                        "-n",
+                        A,
+                        "get",
+                        "secret",
+                        REGISTRATION_SECRET,
+                        "-o",
+                        "jsonpath={.data.mutatingwebhookconfiguration\\.yaml}",
+                    ],
+                    None,
+                )
+                .ok()?;
+            let yaml = String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()?,
+            )
+            .ok()?;
+            yaml.contains(&format!("caBundle: {bundle}")).then_some(())
+        },
+    );
+    // Another replica takes the same pair.
+    let (mut second, port2) = start(2);
+    assert_eq!(secret_ca().0, ca, "the Secret is not made anew");
+    assert_eq!(
+        served(port2, &ca).expect("the second replica serves the same CA"),
+        200
+    );
+    for c in [&mut first, &mut second] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -29,11 +29,19 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:8080", env = "OSW_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
     /// Serving certificate (PEM; a chain is accepted, leaf first).
-    #[arg(long, env = "OSW_TLS_CERT_FILE")]
-    pub tls_cert_file: PathBuf,
+    #[arg(
+        long,
+        env = "OSW_TLS_CERT_FILE",
+        required_unless_present = "certificates_secret"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
     /// Private key of the serving certificate (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "OSW_TLS_KEY_FILE")]
-    pub tls_key_file: PathBuf,
+    #[arg(
+        long,
+        env = "OSW_TLS_KEY_FILE",
+        required_unless_present = "certificates_secret"
+    )]
+    pub tls_key_file: Option<PathBuf>,
     /// How often the certificate files are checked for rotation.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
@@ -104,6 +112,37 @@ pub struct GardenerArgs {
     pub ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub access: ShootAccessArgs,
+    /// With --gardener: keep the server's own CA and serving certificate in
+    /// this Secret of --namespace (made by the first replica, renewed a
+    /// month before its end at a start), instead of --tls-cert-file,
+    /// --tls-key-file and --ca-file.
+    #[arg(
+        long,
+        requires = "gardener",
+        value_name = "NAME",
+        conflicts_with_all = ["tls_cert_file", "tls_key_file", "ca_file"]
+    )]
+    pub certificates_secret: Option<String>,
+    /// With --certificates-secret: the server's namespace in the seed.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// With --certificates-secret: a DNS name of the serving certificate
+    /// (repeatable; default: the host of --webhook-base-url, with `.svc`
+    /// and `.svc.cluster.local`).
+    #[arg(
+        long = "certificate-dns",
+        requires = "certificates_secret",
+        value_name = "NAME"
+    )]
+    pub certificate_dns: Vec<String>,
+    /// With --certificates-secret: where the certificates are written for
+    /// the server to load.
+    #[arg(
+        long,
+        default_value = "/tmp/overlay-switch-webhook/certs",
+        value_name = "DIR"
+    )]
+    pub certificates_dir: PathBuf,
     /// How often the access Secret is read again (a changed kubeconfig,
     /// e.g. a rotated token, reconnects the shoot).
     #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "gardener")]
@@ -209,8 +248,10 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
-        .context("loading the serving certificate")?;
+    let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
+        anyhow::bail!("serve needs --tls-cert-file and --tls-key-file");
+    };
+    let certs = CertFiles::load(cert, key).context("loading the serving certificate")?;
     let tls = Arc::new(certs.server_config()?);
     let client = client(args.kubeconfig.as_deref()).await?;
 

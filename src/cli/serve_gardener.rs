@@ -11,6 +11,7 @@ use kube::runtime::watcher;
 
 use super::serve::{ServeArgs, config, serve_until_stopped};
 use crate::cluster::watch::{Backoff, Health, keep_watching};
+use crate::gardener::certificates::{self, CertSecret};
 use crate::gardener::http::{self, GardenerState, ShootGauges};
 use crate::gardener::reconcile::{self, RegistrationConfig};
 use crate::gardener::registration;
@@ -25,15 +26,58 @@ pub fn cluster_resource() -> kube::api::ApiResource {
     )
 }
 
+/// The serving certificate's names for `https://host[:port]`: the host,
+/// and for a Service name (`service.namespace`) its `.svc` forms.
+pub fn default_dns(base_url: &str) -> anyhow::Result<Vec<String>> {
+    let host = base_url
+        .strip_prefix("https://")
+        .map(|r| r.split(['/', ':']).next().unwrap_or(""))
+        .filter(|h| !h.is_empty())
+        .with_context(|| format!("--webhook-base-url {base_url:?} has no host"))?;
+    let mut dns = vec![host.to_string()];
+    if host.split('.').count() == 2 {
+        dns.push(format!("{host}.svc"));
+        dns.push(format!("{host}.svc.cluster.local"));
+    }
+    Ok(dns)
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let g = &args.gardener;
     let base_url = g.webhook_base_url.clone().context(
         "--gardener needs --webhook-base-url (where the shoots' API servers reach this server)",
     )?;
-    let ca_file = g
-        .ca_file
-        .clone()
-        .context("--gardener needs --ca-file (the CA bundle for the shoots' registrations)")?;
+    // HTTP/2 to the seed too: one connection for the Cluster watch and
+    // every shoot's access Secret reads.
+    let seed = crate::gardener::access::http2_client(config(args.kubeconfig.as_deref()).await?)?;
+    let (cert_file, key_file, ca_file) = match &g.certificates_secret {
+        Some(name) => {
+            let namespace = g
+                .namespace
+                .clone()
+                .context("--certificates-secret needs --namespace (or $POD_NAMESPACE)")?;
+            let dns = if g.certificate_dns.is_empty() {
+                default_dns(&base_url)?
+            } else {
+                g.certificate_dns.clone()
+            };
+            let secret = CertSecret {
+                namespace,
+                name: name.clone(),
+                dns,
+                days: 365,
+            };
+            let paths = certificates::ensure(&seed, &secret, &g.certificates_dir).await?;
+            (paths.tls_cert, paths.tls_key, paths.ca_cert)
+        }
+        None => (
+            args.tls_cert_file.clone().context("--gardener needs --tls-cert-file, or --certificates-secret")?,
+            args.tls_key_file.clone().context("--gardener needs --tls-key-file, or --certificates-secret")?,
+            g.ca_file.clone().context(
+                "--gardener needs --ca-file (the CA bundle for the shoots' registrations), or --certificates-secret",
+            )?,
+        ),
+    };
     let ca = std::fs::read_to_string(&ca_file)
         .with_context(|| format!("reading the CA bundle {}", ca_file.display()))?;
     // Fail at start, not per shoot, when the registration cannot be made.
@@ -45,12 +89,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .context("the shoots' registration cannot be made")?;
 
-    let certs = CertFiles::load(&args.tls_cert_file, &args.tls_key_file)
-        .context("loading the serving certificate")?;
+    let certs =
+        CertFiles::load(&cert_file, &key_file).context("loading the serving certificate")?;
     let tls = Arc::new(certs.server_config()?);
-    // HTTP/2 to the seed too: one connection for the Cluster watch and
-    // every shoot's access Secret reads.
-    let seed = crate::gardener::access::http2_client(config(args.kubeconfig.as_deref()).await?)?;
 
     let (mut registry, metrics) = crate::metrics::registry();
     let gauges = ShootGauges::register(&mut registry);
@@ -113,5 +154,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     match failed {
         None => Ok(()),
         Some(_) => anyhow::bail!("a background task stopped (see the log)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_dns;
+
+    #[test]
+    fn the_certificate_names_the_base_urls_host_and_its_service_forms() {
+        assert_eq!(
+            default_dns("https://overlay-switch-webhook.extension-osw:443").unwrap(),
+            [
+                "overlay-switch-webhook.extension-osw",
+                "overlay-switch-webhook.extension-osw.svc",
+                "overlay-switch-webhook.extension-osw.svc.cluster.local"
+            ]
+        );
+        assert_eq!(
+            default_dns("https://osw.example.com").unwrap(),
+            ["osw.example.com"]
+        );
+        assert!(default_dns("http://osw:443").is_err());
+        assert!(default_dns("https://:443").is_err());
     }
 }

@@ -3,12 +3,14 @@
 //! guarded shoot is one [`crate::cluster::Cluster`] value reached through
 //! its access Secret ([`access`]) and served under its own path
 //! ([`shoots`], [`http`]); its webhook is registered in the shoot through a
-//! ManagedResource ([`registration`], kept by [`reconcile`]).
+//! ManagedResource ([`registration`], kept by [`reconcile`]). The server
+//! can keep its own certificates in the seed ([`certificates`]).
 //!
 //! The per-cluster core does not know about Gardener: this module only
 //! builds `Cluster` values and sets their guard from outside.
 
 pub mod access;
+pub mod certificates;
 pub mod http;
 pub mod reconcile;
 pub mod registration;
