@@ -10,7 +10,7 @@ METRICS_PORT ?= 8080
 # e2e tests each start their own kube-apiserver + etcd; two at a time fit 2 cores.
 TEST_THREADS ?= 2
 
-.PHONY: build test unit e2e certs run lint fmt controlplane webhook-config demo demo-gardener dev-up dev-down bench clean
+.PHONY: build test unit e2e certs run lint fmt controlplane helm webhook-config demo demo-gardener chart dev-up dev-down bench clean
 
 build:
 	$(CARGO) build
@@ -20,8 +20,12 @@ build:
 controlplane:
 	@tests/controlplane/build.sh >/dev/null
 
+## helm, only to render the chart in its test (tests/chart.rs), cached like the control plane.
+helm:
+	@tests/helm/build.sh >/dev/null
+
 ## Everything: unit, property, integration and e2e tests.
-test: controlplane
+test: controlplane helm
 	$(CARGO) test --lib --bins --tests -- --test-threads=$(TEST_THREADS)
 
 ## Unit and property tests only (no control plane).
@@ -57,6 +61,11 @@ demo: build controlplane
 ## Gardener mode: a seed and a shoot, the server guarding the shoot.
 demo-gardener: build controlplane
 	@scripts/demo.sh gardener
+
+## The Gardener extension's Helm chart, packaged; prints it base64-encoded
+## (helm.rawChart of manifests/gardener/controllerdeployment.yaml).
+chart:
+	@scripts/package-chart.sh
 
 ## A local control plane + webhook left running; prints `export KUBECONFIG=...`.
 dev-up: build controlplane
