@@ -138,22 +138,7 @@ fn the_chart_lints_and_carries_what_gardeners_network_policies_need() {
 fn the_rendered_server_runs_as_the_charts_service_account_with_the_charts_rights() {
     let docs = render(&[]);
     let cp = controlplane::ControlPlane::start().expect("control plane");
-    for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD] {
-        cp.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
-            .unwrap();
-    }
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=30s",
-            "crd/clusters.extensions.gardener.cloud",
-            "crd/managedresources.resources.gardener.cloud",
-        ],
-        None,
-    )
-    .unwrap();
+    install_seed_crds(&cp);
     cp.kubectl_ok(&["create", "namespace", NS], None).unwrap();
     let yaml: String = docs
         .iter()

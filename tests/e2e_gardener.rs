@@ -587,22 +587,7 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
 fn the_server_keeps_its_own_certificates_in_the_seed() {
     use std::process::{Command, Stdio};
     let seed = controlplane::ControlPlane::start().expect("seed");
-    for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD] {
-        seed.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
-            .unwrap();
-    }
-    seed.kubectl_ok(
-        &[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=30s",
-            "crd/clusters.extensions.gardener.cloud",
-            "crd/managedresources.resources.gardener.cloud",
-        ],
-        None,
-    )
-    .unwrap();
+    install_seed_crds(&seed);
     for ns in ["garden-osw", A] {
         seed.kubectl_ok(&["create", "namespace", ns], None).unwrap();
     }

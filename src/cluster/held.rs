@@ -53,6 +53,18 @@ impl From<CalicoKindName> for CalicoKind {
     }
 }
 
+#[cfg(test)]
+impl ObjectKey {
+    /// A DaemonSet in kube-system, for tests.
+    pub fn sample_daemonset(name: &str) -> Self {
+        ObjectKey {
+            kind: CalicoKindName::DaemonSet,
+            namespace: Some("kube-system".into()),
+            name: name.into(),
+        }
+    }
+}
+
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.namespace {

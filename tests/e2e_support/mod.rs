@@ -982,6 +982,26 @@ pub fn run_status(global: &[&str], kubeconfig: &Path, extra: &[&str]) -> (i32, S
 pub const CLUSTER_CRD: &str = "gardener/10-crd-extensions.gardener.cloud_clusters.yaml";
 pub const MANAGED_RESOURCE_CRD: &str =
     "gardener/10-crd-resources.gardener.cloud_managedresources.yaml";
+/// Installs the seed's CRDs (Cluster, ManagedResource) and waits until they serve.
+pub fn install_seed_crds(cp: &ControlPlane) {
+    for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD] {
+        cp.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
+            .unwrap();
+    }
+    cp.kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd/clusters.extensions.gardener.cloud",
+            "crd/managedresources.resources.gardener.cloud",
+        ],
+        None,
+    )
+    .unwrap();
+}
+
 /// The registration in a shoot namespace of the seed: the ManagedResource
 /// (and the MutatingWebhookConfiguration it carries) and its Secret.
 pub const REGISTRATION: &str = "overlay-switch-webhook";
@@ -1037,17 +1057,7 @@ impl Garden {
                 .collect()
         });
         let api = seed.api();
-        for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD] {
-            api.kubectl(&["apply", "-f", fixture(crd).to_str().unwrap()]);
-        }
-        api.kubectl(&[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=30s",
-            "crd/clusters.extensions.gardener.cloud",
-            "crd/managedresources.resources.gardener.cloud",
-        ]);
+        install_seed_crds(&seed);
         for (spec, shoot) in shoots.iter().zip(&apis) {
             shoot.calico_objects(spec.nodes);
             api.kubectl(&["create", "namespace", spec.namespace]);

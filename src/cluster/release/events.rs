@@ -122,14 +122,9 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::held::CalicoKindName;
 
     fn key(name: &str) -> ObjectKey {
-        ObjectKey {
-            kind: CalicoKindName::DaemonSet,
-            namespace: Some("kube-system".into()),
-            name: name.into(),
-        }
+        ObjectKey::sample_daemonset(name)
     }
 
     #[test]

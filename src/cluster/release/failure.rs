@@ -150,14 +150,9 @@ pub fn failure_note(f: &Failure) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::held::CalicoKindName;
 
     fn key(name: &str) -> ObjectKey {
-        ObjectKey {
-            kind: CalicoKindName::DaemonSet,
-            namespace: Some("kube-system".into()),
-            name: name.into(),
-        }
+        ObjectKey::sample_daemonset(name)
     }
 
     #[test]
