@@ -227,6 +227,11 @@ RBAC
 ks() { "$cp/kubectl" --kubeconfig "$dev/kubeconfig" "$@"; }        # the seed
 ka() { "$cp/kubectl" --kubeconfig "$dev/shoot-a/kubeconfig" "$@"; } # shoot A
 SHOOT=shoot--demo--a
+EXT=calico-overlay-switch
+
+show_condition() {
+  ks -n "$SHOOT" get extension "$EXT" -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+}
 
 cluster_of() { # namespace annotation-value: the Gardener Cluster of a shoot
   ks apply -f - >/dev/null <<CL
@@ -254,8 +259,10 @@ demo_gardener() {
   start_apiserver "$dev" /registry
   start_apiserver "$dev/shoot-a" /shoot-a
   ks apply -f "$root/tests/fixtures/gardener/10-crd-extensions.gardener.cloud_clusters.yaml" \
-    -f "$root/tests/fixtures/gardener/10-crd-resources.gardener.cloud_managedresources.yaml" >/dev/null
-  ks wait --for condition=established crd/clusters.extensions.gardener.cloud crd/managedresources.resources.gardener.cloud >/dev/null
+    -f "$root/tests/fixtures/gardener/10-crd-resources.gardener.cloud_managedresources.yaml" \
+    -f "$root/tests/fixtures/gardener/10-crd-extensions.gardener.cloud_extensions.yaml" >/dev/null
+  ks wait --for condition=established crd/clusters.extensions.gardener.cloud crd/managedresources.resources.gardener.cloud \
+    crd/extensions.extensions.gardener.cloud >/dev/null
   say "kubectl create namespace $SHOOT; kubectl -n $SHOOT create secret generic gardener-internal --from-file=kubeconfig=<shoot A's kubeconfig>"
   ks create namespace "$SHOOT" >/dev/null
   ks -n "$SHOOT" create secret generic gardener-internal --from-file=kubeconfig="$dev/shoot-a/kubeconfig" >/dev/null
@@ -282,13 +289,25 @@ N
     --webhook-base-url "https://127.0.0.1:$hook_port" --ca-file "$dev/certs/ca.crt" \
     --tls-cert-file "$dev/certs/tls.crt" --tls-key-file "$dev/certs/tls.key" \
     --listen-addr "127.0.0.1:$hook_port" --metrics-addr "127.0.0.1:$metrics_port" \
-    --settle-time "${SETTLE_TIME:-3s}" --shutdown-delay 0s >"$dev/webhook.log" 2>&1 &
+    --settle-time "${SETTLE_TIME:-3s}" --shutdown-delay 0s \
+    --namespace garden-osw --extension-health-interval 1s >"$dev/webhook.log" 2>&1 &
   echo $! >> "$dev/pids"
   wait_for "webhook /readyz" 30 curl -sf "http://127.0.0.1:$metrics_port/readyz"
+  ks create namespace garden-osw >/dev/null
 
   bold "Turn the guard on for shoot A: the Shoot's annotation (here, in its Cluster)"
   say "kubectl annotate shoot a $GUARD=true"
   cluster_of "$SHOOT" true
+  say "(gardenlet makes the shoot's Extension $EXT when the Shoot lists it in spec.extensions; here by hand)"
+  ks apply -f - >/dev/null <<EXTENSION
+apiVersion: extensions.gardener.cloud/v1alpha1
+kind: Extension
+metadata:
+  name: $EXT
+  namespace: $SHOOT
+  annotations: {gardener.cloud/operation: reconcile, gardener.cloud/timestamp: "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
+spec: {type: $EXT}
+EXTENSION
   wait_for "the ManagedResource" 30 ks -n "$SHOOT" get managedresource overlay-switch-webhook
   say "kubectl get managedresources -A -l app.kubernetes.io/managed-by=overlay-switch-webhook"
   ks get managedresources -A -l app.kubernetes.io/managed-by=overlay-switch-webhook
@@ -305,12 +324,17 @@ N
   ka get ippool default-ipv4-ippool -o jsonpath='{.spec.ipipMode}{"\n"}'
   say "overlay-switch-webhook status --gardener --kubeconfig seed"
   "$bin" status --gardener --kubeconfig "$dev/kubeconfig" --settle-time "${SETTLE_TIME:-3s}" || true
+  say "the shoot's Extension $EXT: the condition shoot care copies into the Shoot's status"
+  wait_for "the condition" 10 bash -c "'$cp/kubectl' --kubeconfig '$dev/kubeconfig' -n $SHOOT get extension $EXT -o jsonpath='{.status.conditions[0].status}' | grep -q Progressing"
+  show_condition
 
   bold "The route controller creates node-b's route: the held switch goes through by itself"
   cond node-b False RouteCreated
   wait_for "the release" 60 bash -c "[[ \$('$cp/kubectl' --kubeconfig '$dev/shoot-a/kubeconfig' get ippool default-ipv4-ippool -o jsonpath='{.spec.ipipMode}') == Never ]]"
   ka get ippool default-ipv4-ippool -o jsonpath='{.spec.ipipMode}{"\n"}'
   "$bin" status --gardener --kubeconfig "$dev/kubeconfig" --settle-time "${SETTLE_TIME:-3s}" && echo "(exit 0: nothing held)"
+  wait_for "the condition" 10 bash -c "'$cp/kubectl' --kubeconfig '$dev/kubeconfig' -n $SHOOT get extension $EXT -o jsonpath='{.status.conditions[0].status}' | grep -q True"
+  show_condition
 
   bold "Turn the guard off for shoot A: its registration goes away"
   cluster_of "$SHOOT" false

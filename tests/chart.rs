@@ -3,8 +3,8 @@
 //! network policies need (Service annotations, pod labels), the server's
 //! flags as the binary parses them, every object accepted by a real
 //! kube-apiserver, and the chart's RBAC enough for the server: it runs as
-//! the chart's ServiceAccount, makes its certificates Secret and registers
-//! a guarded shoot.
+//! the chart's ServiceAccount, makes its certificates Secret, registers a
+//! guarded shoot and renews its extension heartbeat.
 
 mod controlplane;
 mod e2e_support;
@@ -259,6 +259,25 @@ fn the_rendered_server_runs_as_the_charts_service_account_with_the_charts_rights
                     )
                     .ok()?;
                 (!certs.trim().is_empty()).then_some(mr)
+            },
+        );
+        eventually(
+            "its extension heartbeat Lease",
+            Duration::from_secs(40),
+            || {
+                cp.kubectl_ok(
+                    &[
+                        "-n",
+                        NS,
+                        "get",
+                        "lease",
+                        "gardener-extension-heartbeat",
+                        "-o",
+                        "name",
+                    ],
+                    None,
+                )
+                .ok()
             },
         );
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();

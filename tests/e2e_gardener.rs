@@ -20,6 +20,30 @@ const B: &str = "shoot--p--b";
 /// Annotated, but without an access Secret or an API server.
 const C: &str = "shoot--p--c";
 const POOL: [&str; 2] = ["ippool", "default-ipv4-ippool"];
+/// The server's own namespace in the seed (its heartbeat Lease).
+const SERVER_NS: &str = "garden-osw";
+const EXTENSION: &str = "calico-overlay-switch";
+
+/// Our Extension in `namespace` as gardenlet makes it, asking for a reconcile.
+fn extension_yaml(namespace: &str, timestamp: &str) -> String {
+    format!(
+        "apiVersion: extensions.gardener.cloud/v1alpha1\nkind: Extension\nmetadata:\n  name: {EXTENSION}\n  namespace: {namespace}\n  annotations:\n    gardener.cloud/operation: reconcile\n    gardener.cloud/timestamp: \"{timestamp}\"\nspec:\n  type: {EXTENSION}\n"
+    )
+}
+
+/// Our Extension's SystemComponentsHealthy condition in `namespace`: (status, reason, message).
+fn extension_condition(g: &Garden, namespace: &str) -> Option<(String, String, String)> {
+    let ext = g
+        .seed()
+        .get_json(&["-n", namespace, "extension", EXTENSION]);
+    let c = ext["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "SystemComponentsHealthy")?
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+    Some((s("status"), s("reason"), s("message")))
+}
 const OVERLAY_POOL: &str = "gardener-calico/overlay-ipip/ippool-default-ipv4.yaml";
 
 fn ipip_mode(shoot: &impl Kubectl) -> String {
@@ -157,8 +181,14 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
                 nodes: &[("b-1", Cond::Routed), ("b-2", Cond::None)],
             },
         ],
-        &[],
+        &[
+            "--namespace",
+            SERVER_NS,
+            "--extension-health-interval",
+            "1s",
+        ],
     );
+    g.seed().kubectl(&["create", "namespace", SERVER_NS]);
     phase(t, "seed, shoots A and B, server ready");
     let ca = std::fs::read(g.server.ca_file.as_ref().unwrap()).unwrap();
 
@@ -218,6 +248,64 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
         1.0
     );
 
+    // --- Our Extension in A: gardenlet's reconcile is answered as
+    // CheckExtensionObject wants it. ---
+    let asked = k8s_openapi::jiff::Timestamp::now();
+    g.seed().kubectl_in(
+        &["apply", "-f", "-"],
+        &extension_yaml(A, &asked.to_string()),
+    );
+    let ext = eventually("A's Extension answered", Duration::from_secs(30), || {
+        let e = g.seed().get_json(&["-n", A, "extension", EXTENSION]);
+        (e["status"]["lastOperation"]["state"] == "Succeeded").then_some(e)
+    });
+    assert!(
+        ext["metadata"]["annotations"]["gardener.cloud/operation"].is_null(),
+        "the operation annotation is removed: {ext}"
+    );
+    assert_eq!(
+        ext["status"]["observedGeneration"],
+        ext["metadata"]["generation"]
+    );
+    assert!(ext["status"]["lastError"].is_null(), "{ext}");
+    let updated: k8s_openapi::jiff::Timestamp = ext["status"]["lastOperation"]["lastUpdateTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        updated.as_second() >= asked.as_second(),
+        "answered after gardenlet asked: {ext}"
+    );
+    eventually(
+        "A's condition: nothing held",
+        Duration::from_secs(10),
+        || {
+            let (status, reason, _) = extension_condition(&g, A)?;
+            (status == "True" && reason == "OverlaySwitchNotHeld").then_some(())
+        },
+    );
+    // A migration and a restore are answered too (no state to carry).
+    for (op, answered) in [("migrate", "Migrate"), ("restore", "Restore")] {
+        g.seed().kubectl(&[
+            "-n",
+            A,
+            "annotate",
+            "extension",
+            EXTENSION,
+            &format!("gardener.cloud/operation={op}"),
+            "--overwrite",
+        ]);
+        eventually(&format!("{op} answered"), Duration::from_secs(20), || {
+            let e = g.seed().get_json(&["-n", A, "extension", EXTENSION]);
+            (e["status"]["lastOperation"]["type"] == answered
+                && e["status"]["lastOperation"]["state"] == "Succeeded"
+                && e["metadata"]["annotations"]["gardener.cloud/operation"].is_null())
+            .then_some(())
+        });
+    }
+    phase(t, "A's Extension answered and healthy");
+
     // --- calico-node's write on a routed node of A keeps the route
     // controller's condition (A's node-status path, judged with A's state). ---
     let shoot_a = g.shoot(A);
@@ -268,6 +356,18 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
             "overlay_switch_shoot_held_objects{{shoot=\"{A}\"}}"
         )),
         1.0
+    );
+    let (status, reason, message) =
+        eventually("A's condition: held", Duration::from_secs(10), || {
+            extension_condition(&g, A).filter(|(s, _, _)| s == "Progressing")
+        });
+    eprintln!("A's SystemComponentsHealthy while held: {status} {reason}: {message}");
+    assert_eq!(reason, "OverlaySwitchHeld");
+    assert!(
+        message.contains("a-2")
+            && message.contains("IPPool default-ipv4-ippool")
+            && message.contains("since "),
+        "{message}"
     );
     phase(t, "A's switch held");
 
@@ -395,6 +495,25 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
     eventually("A holds nothing", Duration::from_secs(10), || {
         (g.shoot_report(A)?["held"] == serde_json::json!([])).then_some(())
     });
+    let (status, reason, message) =
+        eventually("A's condition: released", Duration::from_secs(10), || {
+            extension_condition(&g, A).filter(|(s, _, _)| s == "True")
+        });
+    eprintln!("A's SystemComponentsHealthy after the release: {status} {reason}: {message}");
+    assert_eq!(reason, "OverlaySwitchNotHeld");
+    // The heartbeat gardenlet's shoot care needs to trust the condition.
+    let lease = g
+        .seed()
+        .get_json(&["-n", SERVER_NS, "lease", "gardener-extension-heartbeat"]);
+    let renewed: k8s_openapi::jiff::Timestamp = lease["spec"]["renewTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        k8s_openapi::jiff::Timestamp::now().as_second() - renewed.as_second() < 10,
+        "a fresh heartbeat: {lease}"
+    );
     phase(t, "A's switch released by itself");
 
     // --- A's guard off: its next switch passes, its registration goes. ---
@@ -493,6 +612,15 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
     let warning = switch_to_native(shoot_b);
     assert!(!warning.contains("overlay switch"), "{warning}");
     assert_eq!(ipip_mode(shoot_b), "Never");
+    let (_, reason, message) =
+        eventually("A's condition: unknown", Duration::from_secs(10), || {
+            extension_condition(&g, A).filter(|(s, _, _)| s == "Unknown")
+        });
+    assert_eq!(reason, "OverlaySwitchStateUnknown");
+    assert!(
+        message.contains("watch of"),
+        "names the broken watches: {message}"
+    );
     phase(t, "A unknown (held), B unaffected");
 
     // --- A's Cluster deleted: A stops, its path is refused. ---

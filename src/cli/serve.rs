@@ -123,9 +123,15 @@ pub struct GardenerArgs {
         conflicts_with_all = ["tls_cert_file", "tls_key_file", "ca_file"]
     )]
     pub certificates_secret: Option<String>,
-    /// With --certificates-secret: the server's namespace in the seed.
+    /// The server's namespace in the seed: its certificates Secret and its
+    /// extension heartbeat Lease (`gardener-extension-heartbeat`) live there.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
+    /// With --gardener: how often the health condition of each of our
+    /// Extension resources and the heartbeat Lease are written (Gardener's
+    /// own health checks and heartbeat use 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "gardener")]
+    pub extension_health_interval: Duration,
     /// With --certificates-secret: a DNS name of the serving certificate
     /// (repeatable; default: the host of --webhook-base-url, with `.svc`
     /// and `.svc.cluster.local`).

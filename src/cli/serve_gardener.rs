@@ -135,6 +135,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             calico_node_users: args.calico_node_users.clone(),
         },
     ));
+    let heartbeat = g.namespace.clone().map(|ns| {
+        let identity = crate::cluster::release::lease::identity(args.pod_name.as_deref());
+        (ns, identity)
+    });
+    tasks.spawn(crate::gardener::extension_controller::run(
+        seed.clone(),
+        shoots.clone(),
+        heartbeat,
+        args.watch_timeout,
+        g.extension_health_interval,
+    ));
     tracing::info!(base_url = %base_url, "Gardener mode: guarding every shoot whose Shoot has the annotation");
 
     let routers = (

@@ -4,13 +4,17 @@
 //! its access Secret ([`access`]) and served under its own path
 //! ([`shoots`], [`http`]); its webhook is registered in the shoot through a
 //! ManagedResource ([`registration`], kept by [`reconcile`]). The server
-//! can keep its own certificates in the seed ([`certificates`]).
+//! can keep its own certificates in the seed ([`certificates`]), and answers
+//! for our `Extension` resources, whose health condition shows a held switch
+//! in the Shoot's status ([`extension`], [`extension_controller`]).
 //!
 //! The per-cluster core does not know about Gardener: this module only
 //! builds `Cluster` values and sets their guard from outside.
 
 pub mod access;
 pub mod certificates;
+pub mod extension;
+pub mod extension_controller;
 pub mod http;
 pub mod reconcile;
 pub mod registration;

@@ -982,9 +982,10 @@ pub fn run_status(global: &[&str], kubeconfig: &Path, extra: &[&str]) -> (i32, S
 pub const CLUSTER_CRD: &str = "gardener/10-crd-extensions.gardener.cloud_clusters.yaml";
 pub const MANAGED_RESOURCE_CRD: &str =
     "gardener/10-crd-resources.gardener.cloud_managedresources.yaml";
-/// Installs the seed's CRDs (Cluster, ManagedResource) and waits until they serve.
+pub const EXTENSION_CRD: &str = "gardener/10-crd-extensions.gardener.cloud_extensions.yaml";
+/// Installs the seed's CRDs (Cluster, ManagedResource, Extension) and waits until they serve.
 pub fn install_seed_crds(cp: &ControlPlane) {
-    for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD] {
+    for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD, EXTENSION_CRD] {
         cp.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
             .unwrap();
     }
@@ -996,6 +997,7 @@ pub fn install_seed_crds(cp: &ControlPlane) {
             "--timeout=30s",
             "crd/clusters.extensions.gardener.cloud",
             "crd/managedresources.resources.gardener.cloud",
+            "crd/extensions.extensions.gardener.cloud",
         ],
         None,
     )
