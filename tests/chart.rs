@@ -81,7 +81,11 @@ fn the_chart_lints_and_carries_what_gardeners_network_policies_need() {
         String::from_utf8_lossy(&out.stderr)
     );
     let docs = render(&[]);
-    let service = find(&docs, "Service");
+    // The webhook's Service (the admin port has its own, overlay-switch-webhook-metrics).
+    let service = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "overlay-switch-webhook")
+        .expect("the webhook Service");
     let a = &service["metadata"]["annotations"];
     let ports: Value = serde_json::from_str(
         a["networking.resources.gardener.cloud/from-all-webhook-targets-allowed-ports"]
