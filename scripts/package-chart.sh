@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$root/target/overlay-switch-webhook-chart.tgz}"
 mkdir -p "$(dirname "$out")"
-tar -C "$root/charts" --sort=name --owner=0 --group=0 --numeric-owner \
+tar -C "$root/charts" --sort=name --owner=0 --group=0 --numeric-owner --mode='a+rX,u+w,go-w' \
   --mtime='2026-01-01 00:00:00Z' -cf - overlay-switch-webhook | gzip -n > "$out"
 echo "wrote $out" >&2
 base64 -w0 "$out"
