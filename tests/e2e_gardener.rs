@@ -223,7 +223,15 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
         .unwrap_or_else(|e| panic!("/shoots is not a ShootsReport ({e}): {report}"));
     assert_eq!(typed.shoots.len(), 2, "{report}");
     assert!(a["gateClosed"].as_str().unwrap().contains("a-2"), "{a}");
-    assert!(b["served"] == false && b["synced"] == false, "{b}");
+    // B is off: served only until its held records are known (none), to
+    // find any switch an earlier run held; then not served, known clear.
+    let b = eventually("B no longer served", Duration::from_secs(30), || {
+        g.shoot_report(B).filter(|b| b["served"] == false)
+    });
+    assert!(
+        b["synced"] == false && b["held"] == serde_json::json!([]),
+        "{b}"
+    );
     assert_eq!(g.server.metric("overlay_switch_shoots "), 1.0, "A served");
     assert_eq!(
         g.server
@@ -839,4 +847,134 @@ fn the_server_keeps_its_own_certificates_in_the_seed() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// A server stopped while it holds a switch, the shoot's annotation removed
+/// meanwhile: the next run does not forget the switch (it serves the shoot
+/// until what it holds is released), and it never removes a registration it
+/// still wants while it starts (shoot D's ManagedResource keeps its uid).
+#[test]
+fn a_restarted_server_releases_what_an_earlier_run_held() {
+    const D: &str = "shoot--p--d";
+    let t = Instant::now();
+    let flags = [
+        "--namespace",
+        SERVER_NS,
+        "--extension-health-interval",
+        "1s",
+    ];
+    let mut g = Garden::start(
+        &[
+            ShootSpec {
+                namespace: A,
+                guard: Some("true"),
+                nodes: &[("a-1", Cond::Routed), ("a-2", Cond::None)],
+            },
+            ShootSpec {
+                namespace: D,
+                guard: Some("true"),
+                nodes: &[("d-1", Cond::Routed)],
+            },
+        ],
+        &flags,
+    );
+    g.seed().kubectl(&["create", "namespace", SERVER_NS]);
+    let uid_of = |g: &Garden, ns: &str| -> Option<String> {
+        g.managed_resource(ns)?["metadata"]["uid"]
+            .as_str()
+            .map(String::from)
+    };
+    let d_uid = eventually("D registered", Duration::from_secs(30), || uid_of(&g, D));
+    eventually("A registered", Duration::from_secs(30), || uid_of(&g, A));
+    let mwc = g.apply_registration_into_shoot(A);
+    g.wait_shoot_synced(A, 2, 1);
+    g.seed().kubectl_in(
+        &["apply", "-f", "-"],
+        &extension_yaml(A, &k8s_openapi::jiff::Timestamp::now().to_string()),
+    );
+    let shoot_a = g.shoot(A);
+    eventually("A's webhook is called", Duration::from_secs(20), || {
+        let (_, _, err) = shoot_a.apply(NATIVE_POOL, &["--dry-run=server"]);
+        err.contains("overlay switch held").then_some(())
+    });
+    let warning = switch_to_native(shoot_a);
+    assert!(warning.contains("overlay switch held"), "{warning}");
+    assert!(has_record(shoot_a));
+    phase(t, "A's switch held");
+
+    // Stopped; meanwhile A's annotation is removed, and (as
+    // gardener-resource-manager would once the registration is gone) its
+    // webhook configuration leaves the shoot.
+    assert!(g.server.stop().is_some_and(|s| s.success()));
+    g.set_cluster_guard(A, None);
+    g.shoot(A).kubectl(&[
+        "delete",
+        "mutatingwebhookconfiguration",
+        mwc["metadata"]["name"].as_str().unwrap(),
+    ]);
+    g.server = Server::start_gardener(&g.dir.path().join("second"), g.seed.kubeconfig(), &flags);
+    g.server.wait_ready();
+    phase(t, "restarted with A's guard off");
+
+    // A is served again to find what it holds: its switch, still held.
+    let a = eventually("A served, its hold known", Duration::from_secs(30), || {
+        g.shoot_report(A)
+            .filter(|a| a["served"] == true && a["synced"] == true)
+    });
+    assert_eq!(a["guard"], "off", "{a}");
+    assert_eq!(
+        a["held"],
+        serde_json::json!(["IPPool default-ipv4-ippool"]),
+        "{a}"
+    );
+    let (_, reason, message) = eventually("A's condition: held", Duration::from_secs(10), || {
+        extension_condition(&g, A).filter(|(s, _, _)| s == "Progressing")
+    });
+    assert!(
+        reason == "OverlaySwitchHeld" && message.contains("a-2"),
+        "{reason}: {message}"
+    );
+    assert_eq!(ipip_mode(g.shoot(A)), "Always", "still held");
+
+    // The route appears: the new run releases it, then stops serving A.
+    g.shoot(A).set_node("a-2", Cond::Routed);
+    eventually("A's pool released", Duration::from_secs(30), || {
+        (ipip_mode(g.shoot(A)) == "Never" && !has_record(g.shoot(A))).then_some(())
+    });
+    let a = eventually("A no longer served", Duration::from_secs(30), || {
+        g.shoot_report(A).filter(|a| a["served"] == false)
+    });
+    assert_eq!(a["held"], serde_json::json!([]), "{a}");
+    eventually("A's condition: clear", Duration::from_secs(10), || {
+        extension_condition(&g, A).filter(|(s, r, _)| s == "True" && r == "OverlaySwitchGuardOff")
+    });
+    assert!(registration_gone(&g, A), "A is off: not registered");
+    phase(t, "A released by the new run");
+
+    // D was wanted all along: its registration was rewritten (new URL),
+    // never deleted.
+    eventually(
+        "D's registration names the new server",
+        Duration::from_secs(30),
+        || {
+            let port = g.server.port.to_string();
+            g.registered_config(D)?
+                .to_string()
+                .contains(&format!("127.0.0.1:{port}"))
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        uid_of(&g, D),
+        Some(d_uid),
+        "D's ManagedResource was never deleted"
+    );
+    let deletes = g
+        .server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("shoot registration removed") && l.contains(D))
+        .count();
+    assert_eq!(deletes, 0, "D's registration removed at start");
+    phase(t, "D's registration kept");
 }

@@ -398,8 +398,7 @@ fn forged_release_and_cancel_markers_count_for_nothing() {
     const ACTION: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-action";
     let c = cluster(true);
     c.own_user
-        .set("system:serviceaccount:overlay-switch:webhook".into())
-        .unwrap();
+        .set("system:serviceaccount:overlay-switch:webhook".into());
     let webhook = Webhook {
         cluster: c.clone(),
         metrics: Metrics::new(&mut prometheus_client::registry::Registry::default()),

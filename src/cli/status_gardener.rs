@@ -184,9 +184,20 @@ pub fn render_table(rows: &[ShootRow]) -> String {
     out
 }
 
-/// Exit code: 1 when any shoot holds a switch, else 0.
+/// Exit code: 1 when any shoot holds a switch; else 2 when a shoot could not
+/// be read (what it holds is unknown), except a hibernated one (its API
+/// server is down by design, and nothing can change in it); else 0.
 pub fn exit_code(rows: &[ShootRow]) -> u8 {
-    u8::from(rows.iter().any(ShootRow::holds))
+    if rows.iter().any(ShootRow::holds) {
+        1
+    } else if rows
+        .iter()
+        .any(|r| r.status.is_none() && r.guard != "hibernated")
+    {
+        2
+    } else {
+        0
+    }
 }
 
 /// `status --gardener`: runs the command; returns the exit code.
@@ -288,6 +299,10 @@ mod tests {
             ]
         );
         assert_eq!(exit_code(&rows), 1);
-        assert_eq!(exit_code(&rows[1..]), 0);
+        assert_eq!(exit_code(&rows[1..2]), 0);
+        assert_eq!(exit_code(&rows[1..]), 2, "shoot c's holds are unknown");
+        let mut hibernated = rows;
+        hibernated[2].guard = "hibernated".into();
+        assert_eq!(exit_code(&hibernated[1..]), 0);
     }
 }

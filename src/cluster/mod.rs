@@ -129,8 +129,23 @@ pub struct Cluster {
     /// way to reach it): named in the warnings of what it holds.
     pub health: Arc<Health>,
     /// The user this server's release controller writes as (learned at
-    /// start): the release and cancel markers count only from that user.
-    pub own_user: std::sync::OnceLock<String>,
+    /// start, and again on every new connection): the release and cancel
+    /// markers count only from that user.
+    pub own_user: OwnUser,
+}
+
+/// The user this server writes as, once learned (replaced when learned
+/// again: a new kubeconfig may name another user).
+#[derive(Debug, Default)]
+pub struct OwnUser(std::sync::RwLock<Option<String>>);
+
+impl OwnUser {
+    pub fn get(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set(&self, user: String) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(user);
+    }
 }
 
 impl Cluster {
@@ -157,7 +172,7 @@ impl Cluster {
                 last_seen::calico_node_container,
             )),
             health: Arc::new(Health::default()),
-            own_user: std::sync::OnceLock::new(),
+            own_user: OwnUser::default(),
             settings,
         })
     }
@@ -175,7 +190,7 @@ impl Cluster {
             .and_then(|s| s.user_info)
             .and_then(|u| u.username)
             .unwrap_or_default();
-        let _ = self.own_user.set(user.clone());
+        self.own_user.set(user.clone());
         Ok(user)
     }
 

@@ -86,7 +86,15 @@ impl Store<DynamicObject> for ExtensionStore {
 /// What the server knows of shoot `namespace`, in the condition's terms.
 pub fn shoot_state(shoots: &Shoots, namespace: &str) -> ShootState {
     let Some(shoot) = shoots.get(namespace) else {
-        return ShootState::Clear { guarded: false };
+        // Not served: clear only when its records were known empty when it
+        // was last served (a shoot never served since this server started
+        // may hold a switch made before).
+        return match shoots.known_clear(namespace) {
+            Some(true) => ShootState::Clear { guarded: false },
+            _ => ShootState::Unknown {
+                why: "the shoot's held switches are not known yet".into(),
+            },
+        };
     };
     let c = &shoot.cluster;
     if !c.synced() {

@@ -119,9 +119,11 @@ impl ShootGauges {
             self.guard_enabled
                 .get_or_create(&l)
                 .set(i64::from(c.toggle.get().guard));
-            self.held_objects
-                .get_or_create(&l)
-                .set(c.held.held().map_or(0, |h| h.len() as i64));
+            // No series while unknown (`shoot_synced` is 0 then): an
+            // unknown count is not 0.
+            if let Some(h) = c.held.held() {
+                self.held_objects.get_or_create(&l).set(h.len() as i64);
+            }
             self.nodes.get_or_create(&l).set(routes.total as i64);
             self.nodes_with_route
                 .get_or_create(&l)
@@ -345,7 +347,10 @@ pub fn report(shoots: &Shoots) -> ShootsReport {
             nodes: 0,
             nodes_with_route: 0,
             gate_closed: None,
-            held: vec![],
+            held: match shoots.known_clear(ns) {
+                Some(true) => vec![],
+                _ => vec!["(unknown)".into()],
+            },
         })
         .collect();
     for s in shoots.served() {

@@ -65,10 +65,11 @@ pub async fn run(shoots: Arc<Shoots>, seed: Client, config: RegistrationConfig) 
             () = shoots.changed() => {}
             () = tokio::time::sleep(TICK) => {}
         }
-        let plans = shoots.sync_all();
-        if !shoots.synced() {
-            continue; // which shoots want a registration is unknown
-        }
+        // Which shoots want a registration: only from a whole view.
+        let Some(pass) = shoots.sync_all() else {
+            continue;
+        };
+        let plans = pass.plans;
         match tokio::fs::read_to_string(&config.ca_file).await {
             Ok(pem) if ca.as_deref() != Some(pem.as_str()) => {
                 if ca.is_some() {
@@ -100,7 +101,7 @@ pub async fn run(shoots: Arc<Shoots>, seed: Client, config: RegistrationConfig) 
             }
         }
         for (ns, plan) in &plans {
-            if !plan.register || !retry.due(ns, now) {
+            if plan.register != Some(true) || !retry.due(ns, now) {
                 continue;
             }
             let rendered = match registration::render(
@@ -125,18 +126,25 @@ pub async fn run(shoots: Arc<Shoots>, seed: Client, config: RegistrationConfig) 
                     retry.ok(ns);
                 }
                 Err(error) => {
+                    applied.remove(ns);
                     let d = retry.failed(ns, now);
-                    tracing::warn!(shoot = %ns, %error, retry_in = ?d, "cannot write the shoot's registration");
+                    tracing::warn!(shoot = %ns, error = %format!("{error:#}"), retry_in = ?d, "cannot write the shoot's registration");
                 }
             }
         }
+        // Removed only when known unwanted: a shoot without a Cluster in
+        // this pass's whole view, or whose Cluster says so; checked again
+        // against the view as it is now, right before the removal.
         let unwanted: Vec<String> = applied
             .keys()
-            .filter(|ns| !plans.get(*ns).is_some_and(|p| p.register))
+            .filter(|ns| plans.get(*ns).map_or(Some(false), |p| p.register) == Some(false))
             .cloned()
             .collect();
         for ns in unwanted {
-            if !retry.due(&ns, now) {
+            if !retry.due(&ns, now)
+                || shoots.epoch() != pass.epoch
+                || shoots.registration_wanted(&ns) != Some(false)
+            {
                 continue;
             }
             match registration::remove(&seed, &config.names, &ns).await {

@@ -97,7 +97,7 @@ pub async fn apply(
     names: &Names,
     namespace: &str,
     config: &str,
-) -> Result<(), kube::Error> {
+) -> anyhow::Result<()> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let secret = Secret {
         metadata: ObjectMeta {
@@ -135,9 +135,17 @@ pub async fn apply(
             "keepObjects": false,
         },
     });
-    managed_resource_api(seed, namespace)
+    let written = managed_resource_api(seed, namespace)
         .patch(&names.managed_resource, &params, &Patch::Apply(&mr))
         .await?;
+    if written.metadata.deletion_timestamp.is_some() {
+        // It would be gone soon with the configuration in the shoot: not
+        // written until it is gone (then made anew).
+        anyhow::bail!(
+            "the ManagedResource {namespace}/{} is being deleted; it is written again once it is gone",
+            names.managed_resource
+        );
+    }
     Ok(())
 }
 
@@ -163,7 +171,8 @@ pub async fn remove(seed: &Client, names: &Names, namespace: &str) -> Result<(),
     )
 }
 
-/// The shoot namespaces that have a registration of this server now.
+/// The shoot namespaces that have a registration of this server now (one
+/// being deleted does not count: it is on its way out).
 pub async fn registered(seed: &Client, names: &Names) -> Result<Vec<String>, kube::Error> {
     let list = managed_resource_api(seed, "")
         .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")))
@@ -172,6 +181,7 @@ pub async fn registered(seed: &Client, names: &Names) -> Result<Vec<String>, kub
         .items
         .into_iter()
         .filter(|mr| mr.name_any() == names.managed_resource)
+        .filter(|mr| mr.metadata.deletion_timestamp.is_none())
         .filter_map(|mr| mr.namespace())
         .collect())
 }

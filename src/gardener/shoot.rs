@@ -94,44 +94,51 @@ pub fn guard_of(cluster: &Value) -> Guard {
 pub struct Plan {
     /// Run its watches and release controller.
     pub serve: bool,
-    /// Keep its webhook registration (ManagedResource) in the seed.
-    pub register: bool,
+    /// Keep its webhook registration (ManagedResource) in the seed:
+    /// `Some(true)` write it, `Some(false)` remove it, `None` leave it as
+    /// it is (the guard is unknown).
+    pub register: Option<bool>,
 }
 
 /// The plan for a shoot whose `Cluster` says `guard` (`None`: the Cluster
-/// is gone), given whether it is served now and whether it holds anything
-/// (`None` while unknown).
+/// is gone), given whether the shoot holds anything: `Some(true|false)`
+/// when its held records are known (it is served, or it was served until
+/// they were known empty), `None` when unknown (for example just after this
+/// server started: another run may have held a switch before the annotation
+/// was removed).
 ///
-/// - Served while guarded, and after that until what it holds is released
-///   or cancelled (the release needs the shoot's client, not its registration).
+/// - Served while guarded, and otherwise until what it holds is known
+///   released or cancelled (the release needs the shoot's client, not its
+///   registration): a shoot whose holds are unknown is served to find out.
 /// - Registered while annotated and not being deleted: a hibernated shoot
 ///   keeps its registration, so that no change slips through while it wakes up.
 /// - A Cluster that is gone stops everything at once (the shoot is gone).
-/// - An unreadable Cluster changes nothing (never on a guess).
-pub fn plan(guard: Option<&Guard>, served: bool, holds: Option<bool>) -> Plan {
+/// - An unreadable Cluster leaves the registration as it is (never on a
+///   guess).
+pub fn plan(guard: Option<&Guard>, holds: Option<bool>) -> Plan {
     let Some(guard) = guard else {
         return Plan {
             serve: false,
-            register: false,
+            register: Some(false),
         };
     };
-    let holding = served && holds != Some(false);
+    let draining = holds != Some(false);
     match guard {
         Guard::On => Plan {
             serve: true,
-            register: true,
+            register: Some(true),
         },
         Guard::Hibernated => Plan {
-            serve: holding,
-            register: true,
+            serve: draining,
+            register: Some(true),
         },
         Guard::Off | Guard::Deleting => Plan {
-            serve: holding,
-            register: false,
+            serve: draining,
+            register: Some(false),
         },
         Guard::Unreadable(_) => Plan {
-            serve: served,
-            register: served,
+            serve: draining,
+            register: None,
         },
     }
 }
@@ -215,31 +222,29 @@ mod tests {
     fn plans() {
         let p = |serve, register| Plan { serve, register };
         let unreadable = Guard::Unreadable("x".into());
-        for (guard, served, holds, want) in [
-            (Some(&Guard::On), false, None, p(true, true)),
-            (Some(&Guard::On), true, Some(false), p(true, true)),
-            // Turned off: served until nothing is held, never registered.
-            (Some(&Guard::Off), false, None, p(false, false)),
-            (Some(&Guard::Off), true, Some(true), p(true, false)),
-            (Some(&Guard::Off), true, None, p(true, false)),
-            (Some(&Guard::Off), true, Some(false), p(false, false)),
-            (Some(&Guard::Deleting), true, Some(true), p(true, false)),
-            (Some(&Guard::Deleting), true, Some(false), p(false, false)),
-            // Hibernated: registration kept; served while something is held.
-            (Some(&Guard::Hibernated), true, None, p(true, true)),
-            (Some(&Guard::Hibernated), true, Some(false), p(false, true)),
-            (Some(&Guard::Hibernated), false, None, p(false, true)),
-            // Unknown: as it was.
-            (Some(&unreadable), true, Some(false), p(true, true)),
-            (Some(&unreadable), false, None, p(false, false)),
+        let (yes, no, keep) = (Some(true), Some(false), None);
+        for (guard, holds, want) in [
+            (Some(&Guard::On), None, p(true, yes)),
+            (Some(&Guard::On), Some(false), p(true, yes)),
+            // Turned off: served until nothing is known held, never registered;
+            // unknown holds (a restart) are served to find out.
+            (Some(&Guard::Off), None, p(true, no)),
+            (Some(&Guard::Off), Some(true), p(true, no)),
+            (Some(&Guard::Off), Some(false), p(false, no)),
+            (Some(&Guard::Deleting), Some(true), p(true, no)),
+            (Some(&Guard::Deleting), None, p(true, no)),
+            (Some(&Guard::Deleting), Some(false), p(false, no)),
+            // Hibernated: registration kept; served while something may be held.
+            (Some(&Guard::Hibernated), None, p(true, yes)),
+            (Some(&Guard::Hibernated), Some(false), p(false, yes)),
+            // Unknown guard: the registration is left alone.
+            (Some(&unreadable), Some(false), p(false, keep)),
+            (Some(&unreadable), None, p(true, keep)),
             // Cluster gone: everything stops.
-            (None, true, Some(true), p(false, false)),
+            (None, Some(true), p(false, no)),
+            (None, None, p(false, no)),
         ] {
-            assert_eq!(
-                plan(guard, served, holds),
-                want,
-                "{guard:?} served={served} holds={holds:?}"
-            );
+            assert_eq!(plan(guard, holds), want, "{guard:?} holds={holds:?}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! each fed by watches on its own API server and released by its own
 //! release controller. Fed by the watch of the seed's `Cluster`s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -127,8 +127,27 @@ pub enum Target {
 #[derive(Debug, Default)]
 struct Views {
     synced: bool,
+    /// Counts re-lists and lost watches: a pass whose epoch changed under
+    /// it saw a view that may be incomplete.
+    epoch: u64,
     listing: Option<BTreeMap<String, Guard>>,
     guards: BTreeMap<String, Guard>,
+}
+
+#[derive(Default)]
+struct Running {
+    served: BTreeMap<String, Arc<Shoot>>,
+    /// Shoots stopped because their held records were known empty (so not
+    /// probed again); forgotten when the `Cluster` watch is lost.
+    drained: BTreeSet<String>,
+}
+
+/// One pass of [`Shoots::sync_all`]: the plan of every shoot the seed has a
+/// `Cluster` for, all from one whole view of the `Cluster`s.
+#[derive(Debug)]
+pub struct Pass {
+    pub epoch: u64,
+    pub plans: BTreeMap<String, Plan>,
 }
 
 /// Every shoot of the seed, as its `Cluster` says, and those served.
@@ -137,7 +156,8 @@ pub struct Shoots {
     config: ShootConfig,
     metrics: Metrics,
     views: RwLock<Views>,
-    running: RwLock<BTreeMap<String, Arc<Shoot>>>,
+    /// Locked before `views` when both are needed.
+    running: RwLock<Running>,
     changed: tokio::sync::Notify,
 }
 
@@ -174,12 +194,12 @@ impl Shoots {
 
     /// The served shoot `namespace`, if any.
     pub fn get(&self, namespace: &str) -> Option<Arc<Shoot>> {
-        read(&self.running).get(namespace).cloned()
+        read(&self.running).served.get(namespace).cloned()
     }
 
     /// Every served shoot.
     pub fn served(&self) -> Vec<Arc<Shoot>> {
-        read(&self.running).values().cloned().collect()
+        read(&self.running).served.values().cloned().collect()
     }
 
     /// Every shoot the seed has a `Cluster` for, with its guard.
@@ -189,12 +209,14 @@ impl Shoots {
 
     /// Stops serving every shoot (at shutdown).
     pub fn stop_all(&self) {
-        std::mem::take(&mut *write(&self.running));
+        std::mem::take(&mut write(&self.running).served);
     }
 
     /// Serves a shoot value made by the caller (tests and benchmarks).
     pub fn insert(&self, shoot: Arc<Shoot>) {
-        write(&self.running).insert(shoot.namespace.clone(), shoot);
+        write(&self.running)
+            .served
+            .insert(shoot.namespace.clone(), shoot);
     }
 
     /// Wakes when a `Cluster` changes.
@@ -230,10 +252,39 @@ impl Shoots {
         }
     }
 
+    /// Whether shoot `namespace` is known to hold nothing while it is not
+    /// served (`None`: its state is unknown or it is served).
+    pub fn known_clear(&self, namespace: &str) -> Option<bool> {
+        let running = read(&self.running);
+        if running.served.contains_key(namespace) {
+            return None;
+        }
+        let synced = read(&self.views).synced;
+        (synced && running.drained.contains(namespace)).then_some(true)
+    }
+
+    /// Whether shoot `namespace`'s registration is wanted now, as the
+    /// current view says; `None` while unknown (not listed, unreadable).
+    pub fn registration_wanted(&self, namespace: &str) -> Option<bool> {
+        let views = read(&self.views);
+        if !views.synced {
+            return None;
+        }
+        plan(views.guards.get(namespace), Some(false)).register
+    }
+
+    /// The current epoch of the `Cluster` view (see [`Pass`]).
+    pub fn epoch(&self) -> u64 {
+        read(&self.views).epoch
+    }
+
     /// Brings shoot `namespace` in line with its `Cluster`: starts it,
     /// stops it, or sets its guard. Does nothing while the `Cluster`s are
-    /// not listed (never on a guess).
+    /// not listed (never on a guess). One shoot's syncs are serialized (the
+    /// `running` lock is taken before its guard is read), so a sync with an
+    /// older view never undoes a newer one.
     pub fn sync(&self, namespace: &str) -> Option<Plan> {
+        let mut running = write(&self.running);
         let guard = {
             let views = read(&self.views);
             if !views.synced {
@@ -241,10 +292,12 @@ impl Shoots {
             }
             views.guards.get(namespace).cloned()
         };
-        let mut running = write(&self.running);
-        let current = running.get(namespace).cloned();
-        let holds = current.as_ref().and_then(|s| s.holds());
-        let p = plan(guard.as_ref(), current.is_some(), holds);
+        let current = running.served.get(namespace).cloned();
+        let holds = match &current {
+            Some(s) => s.holds(),
+            None => running.drained.contains(namespace).then_some(false),
+        };
+        let p = plan(guard.as_ref(), holds);
         match (p.serve, current) {
             (true, None) => {
                 let shoot = self.start(namespace);
@@ -257,10 +310,14 @@ impl Shoots {
                     guard = guard.as_ref().map(Guard::as_str),
                     "shoot served"
                 );
-                running.insert(namespace.into(), shoot);
+                running.drained.remove(namespace);
+                running.served.insert(namespace.into(), shoot);
             }
             (false, Some(_)) => {
-                running.remove(namespace);
+                running.served.remove(namespace);
+                if guard.is_some() {
+                    running.drained.insert(namespace.into());
+                }
                 tracing::info!(
                     shoot = namespace,
                     guard = guard.as_ref().map(Guard::as_str),
@@ -273,24 +330,38 @@ impl Shoots {
                 .set_guard(guard.as_ref().and_then(Guard::guarded)),
             (false, None) => {}
         }
+        if guard.is_none() {
+            running.drained.remove(namespace);
+        }
         Some(p)
     }
 
-    /// [`Shoots::sync`] of every shoot known or served; the plans of those
-    /// with a `Cluster`.
-    pub fn sync_all(&self) -> BTreeMap<String, Plan> {
-        let mut names: Vec<String> = read(&self.views).guards.keys().cloned().collect();
-        names.extend(read(&self.running).keys().cloned());
+    /// [`Shoots::sync`] of every shoot known or served, and the plans of
+    /// those with a `Cluster`; `None` when the view was not whole for the
+    /// whole pass (not listed, or re-listed or lost meanwhile).
+    pub fn sync_all(&self) -> Option<Pass> {
+        let (epoch, mut names) = {
+            let views = read(&self.views);
+            if !views.synced {
+                return None;
+            }
+            (
+                views.epoch,
+                views.guards.keys().cloned().collect::<Vec<_>>(),
+            )
+        };
+        names.extend(read(&self.running).served.keys().cloned());
         names.sort();
         names.dedup();
-        let known = read(&self.views).guards.clone();
-        names
-            .into_iter()
-            .filter_map(|n| {
-                let p = self.sync(&n)?;
-                known.contains_key(&n).then_some((n, p))
-            })
-            .collect()
+        let mut plans = BTreeMap::new();
+        for n in names {
+            let p = self.sync(&n)?;
+            if read(&self.views).guards.contains_key(&n) {
+                plans.insert(n, p);
+            }
+        }
+        let views = read(&self.views);
+        (views.synced && views.epoch == epoch).then_some(Pass { epoch, plans })
     }
 
     fn start(&self, namespace: &str) -> Arc<Shoot> {
@@ -328,7 +399,10 @@ fn name_and_guard(obj: &DynamicObject) -> (String, Guard) {
 
 impl Store<DynamicObject> for Shoots {
     fn relist_begin(&self) {
-        self.set_views(|v| v.listing = Some(BTreeMap::new()));
+        self.set_views(|v| {
+            v.listing = Some(BTreeMap::new());
+            v.epoch += 1;
+        });
     }
 
     fn relist_apply(&self, obj: DynamicObject) {
@@ -345,7 +419,7 @@ impl Store<DynamicObject> for Shoots {
             v.guards = v.listing.take().unwrap_or_default();
             v.synced = true;
         });
-        self.sync_all();
+        let _ = self.sync_all();
     }
 
     fn apply(&self, obj: DynamicObject) {
@@ -353,7 +427,7 @@ impl Store<DynamicObject> for Shoots {
         self.set_views(|v| {
             v.guards.insert(name.clone(), guard);
         });
-        self.sync(&name);
+        let _ = self.sync(&name);
     }
 
     fn delete(&self, obj: DynamicObject) {
@@ -361,12 +435,17 @@ impl Store<DynamicObject> for Shoots {
         self.set_views(|v| {
             v.guards.remove(&name);
         });
-        self.sync(&name);
+        let _ = self.sync(&name);
     }
 
     fn lost(&self) {
         // Which shoots are guarded is unknown: every served shoot holds.
-        self.set_views(|v| v.synced = false);
+        self.set_views(|v| {
+            v.synced = false;
+            v.epoch += 1;
+        });
+        // Held records may have been made meanwhile: probe again.
+        write(&self.running).drained.clear();
         for s in self.served() {
             s.cluster.toggle.set_guard(None);
         }
@@ -390,13 +469,6 @@ async fn supervise(
     let mut current: Option<(Vec<u8>, tokio::task::JoinSet<()>)> = None;
     let mut retry = Duration::from_secs(1);
     loop {
-        if let Some((_, tasks)) = &mut current
-            && let Some(ended) = tasks.try_join_next()
-        {
-            tracing::error!(shoot = %namespace, ended = ?ended.err().map(|e| e.to_string()), "a task of the shoot stopped; starting its watches again");
-            current = None;
-            cluster.mark_unknown();
-        }
         match access::read(&seed, &namespace, &config.access).await {
             Ok((secret, kubeconfig)) => {
                 let same = current.as_ref().is_some_and(|(k, _)| *k == kubeconfig);
@@ -442,7 +514,27 @@ async fn supervise(
             retry = (retry * 2).min(config.access_refresh);
             r
         };
-        tokio::time::sleep(wait).await;
+        // A task that stops (none should) is noticed at once: the shoot's
+        // state is unknown until its watches run again.
+        let ended = match &mut current {
+            Some((_, tasks)) => tokio::select! {
+                ended = tasks.join_next() => ended,
+                () = tokio::time::sleep(wait) => None,
+            },
+            None => {
+                tokio::time::sleep(wait).await;
+                None
+            }
+        };
+        if let Some(ended) = ended {
+            tracing::error!(shoot = %namespace, ended = ?ended.err().map(|e| e.to_string()), "a task of the shoot stopped; starting its watches again");
+            current = None;
+            cluster.mark_unknown();
+            cluster.health.set_access_problem(Some(
+                "a task watching the shoot stopped; starting it again".into(),
+            ));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
@@ -458,47 +550,46 @@ fn connect(
 ) -> tokio::task::JoinSet<()> {
     let mut tasks = tokio::task::JoinSet::new();
     cluster.spawn_watches(&client, config.watch_timeout, &mut tasks);
-    {
-        let (cluster, client, ns) = (cluster.clone(), client.clone(), namespace.to_string());
-        tasks.spawn(async move {
-            // Once per connection; until known, markers count when they fit
-            // the recorded change (as in the single-cluster mode).
-            loop {
-                match cluster.learn_own_user(&client).await {
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::debug!(shoot = %ns, %error, "cannot learn this server's user in the shoot yet");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                }
-            }
-            std::future::pending::<()>().await
-        });
-    }
     let shoot_events = Events::new(
         client.clone(),
         config.release.as_ref().and_then(|r| r.pod_name.clone()),
     );
     *write(events) = Some(shoot_events.clone());
-    if let Some(r) = &config.release {
-        let lease = Arc::new(ReleaseLease::new(
+    let releaser = config.release.as_ref().map(|r| Releaser {
+        cluster: cluster.clone(),
+        client: client.clone(),
+        metrics: metrics.clone(),
+        events: shoot_events,
+        lease: Arc::new(ReleaseLease::new(
             client.clone(),
             &config.settings.calico_namespace,
             lease::identity(r.pod_name.as_deref()),
             r.lease_duration,
             lease_holder.clone(),
-        ));
-        tasks.spawn(
-            Releaser {
-                cluster: cluster.clone(),
-                client,
-                metrics: metrics.clone(),
-                events: shoot_events,
-                lease,
+        )),
+    });
+    let (cluster, ns) = (cluster.clone(), namespace.to_string());
+    tasks.spawn(async move {
+        // Once per connection (this kubeconfig may name another user than
+        // the last), before the release controller writes anything: its
+        // markers must count as its own.
+        loop {
+            match cluster.learn_own_user(&client).await {
+                Ok(user) => {
+                    tracing::debug!(shoot = %ns, %user, "this server's user in the shoot");
+                    break;
+                }
+                Err(error) => {
+                    tracing::debug!(shoot = %ns, %error, "cannot learn this server's user in the shoot yet");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
             }
-            .run(),
-        );
-    }
+        }
+        match releaser {
+            Some(r) => r.run().await,
+            None => std::future::pending::<()>().await,
+        }
+    });
     tasks
 }
 
@@ -552,10 +643,101 @@ mod tests {
             panic!("a is served")
         };
         assert_eq!(a.namespace, "shoot--p--a");
+        // b is off, and served once to learn whether it holds a switch made
+        // before this server started; then it is not served.
+        let Target::Shoot(b) = s.target("shoot--p--b") else {
+            panic!("b is probed")
+        };
+        assert!(!b.cluster.toggle.get().guard);
+        drain(&b);
+        let _ = s.sync_all();
         assert!(matches!(s.target("shoot--p--b"), Target::Unguarded));
+        assert_eq!(s.known_clear("shoot--p--b"), Some(true));
         assert!(
             matches!(s.target("shoot--p--c"), Target::Refuse(w) if w.contains("no Gardener Cluster \"shoot--p--c\""))
         );
+    }
+
+    /// The shoot's held records: known, none.
+    fn drain(shoot: &Shoot) {
+        for kind in [
+            crate::calico::overlay::CalicoKind::DaemonSet,
+            crate::calico::overlay::CalicoKind::ConfigMap,
+            crate::calico::overlay::CalicoKind::IpPool,
+        ] {
+            let st = shoot.cluster.held.store(kind);
+            st.relist_begin();
+            st.relist_done();
+        }
+        assert_eq!(shoot.holds(), Some(false));
+    }
+
+    #[test]
+    fn after_a_restart_an_off_shoot_is_served_until_its_holds_are_known_and_not_again() {
+        let s = shoots();
+        s.relist_begin();
+        s.relist_apply(cluster_obj("shoot--p--off", Some("false")));
+        s.relist_apply(cluster_obj("shoot--p--idle", None));
+        s.relist_done();
+        // Both may hold a switch made by an earlier run: served, unknown.
+        let off = s.get("shoot--p--off").expect("probed");
+        let idle = s.get("shoot--p--idle").expect("probed");
+        assert_eq!(s.known_clear("shoot--p--off"), None);
+        let pass = s.sync_all().expect("whole view");
+        assert_eq!(
+            pass.plans["shoot--p--off"],
+            Plan {
+                serve: true,
+                register: Some(false)
+            }
+        );
+        // One holds something (records known, not empty): still served;
+        // the other holds nothing: stopped, and not probed again.
+        let st = off
+            .cluster
+            .held
+            .store(crate::calico::overlay::CalicoKind::DaemonSet);
+        st.relist_begin();
+        st.relist_done();
+        drain(&idle);
+        let _ = s.sync_all();
+        assert!(s.get("shoot--p--idle").is_none());
+        let _ = s.sync_all();
+        assert!(s.get("shoot--p--idle").is_none(), "not probed again");
+        assert!(s.get("shoot--p--off").is_some(), "holds unknown: served");
+        // A lost Cluster watch forgets what was known: probed again after
+        // the re-list.
+        s.lost();
+        s.relist_begin();
+        s.relist_apply(cluster_obj("shoot--p--off", Some("false")));
+        s.relist_apply(cluster_obj("shoot--p--idle", None));
+        s.relist_done();
+        assert!(s.get("shoot--p--idle").is_some());
+        assert_eq!(s.known_clear("shoot--p--idle"), None);
+    }
+
+    #[test]
+    fn a_pass_from_a_view_that_changed_under_it_is_not_used() {
+        let s = shoots();
+        assert!(s.sync_all().is_none(), "not listed");
+        s.relist_begin();
+        s.relist_apply(cluster_obj("shoot--p--a", Some("true")));
+        s.relist_done();
+        let pass = s.sync_all().expect("whole");
+        assert_eq!(pass.plans["shoot--p--a"].register, Some(true));
+        assert_eq!(s.registration_wanted("shoot--p--a"), Some(true));
+        assert_eq!(s.registration_wanted("shoot--p--gone"), Some(false));
+        // A re-list begins: the view is not whole until it is done, and the
+        // epoch of the earlier pass is gone.
+        s.lost();
+        assert!(s.sync_all().is_none());
+        assert_eq!(s.registration_wanted("shoot--p--a"), None);
+        assert_ne!(s.epoch(), pass.epoch);
+        s.relist_begin();
+        s.relist_done();
+        let empty = s.sync_all().expect("whole again");
+        assert!(empty.plans.is_empty());
+        assert_eq!(s.registration_wanted("shoot--p--a"), Some(false));
     }
 
     #[test]
@@ -573,17 +755,8 @@ mod tests {
         let a = s.get("shoot--p--a").expect("still served: holds unknown");
         assert!(!a.cluster.toggle.get().guard);
         // Records known and empty: stopped at the next sync.
-        for kind in [
-            crate::calico::overlay::CalicoKind::DaemonSet,
-            crate::calico::overlay::CalicoKind::ConfigMap,
-            crate::calico::overlay::CalicoKind::IpPool,
-        ] {
-            let st = a.cluster.held.store(kind);
-            st.relist_begin();
-            st.relist_done();
-        }
-        assert_eq!(a.holds(), Some(false));
-        s.sync_all();
+        drain(&a);
+        let _ = s.sync_all();
         assert!(s.get("shoot--p--a").is_none());
         assert!(matches!(s.target("shoot--p--a"), Target::Unguarded));
     }
