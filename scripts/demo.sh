@@ -284,9 +284,11 @@ N
   bold "The extension in the seed: overlay-switch-webhook serve --gardener"
   local hook_port metrics_port; hook_port=$(free_port); metrics_port=$(free_port)
   "$bin" certs --out-dir "$dev/certs" >/dev/null 2>&1
-  say "overlay-switch-webhook serve --gardener --webhook-base-url https://127.0.0.1:$hook_port --ca-file ca.crt ..."
+  head -c 32 /dev/urandom > "$dev/path-token.key"
+  say "overlay-switch-webhook serve --gardener --webhook-base-url https://127.0.0.1:$hook_port --ca-file ca.crt --path-token-key-file path-token.key ..."
   "$bin" --log-format text serve --gardener --kubeconfig "$dev/kubeconfig" \
     --webhook-base-url "https://127.0.0.1:$hook_port" --ca-file "$dev/certs/ca.crt" \
+    --path-token-key-file "$dev/path-token.key" \
     --tls-cert-file "$dev/certs/tls.crt" --tls-key-file "$dev/certs/tls.key" \
     --listen-addr "127.0.0.1:$hook_port" --metrics-addr "127.0.0.1:$metrics_port" \
     --settle-time "${SETTLE_TIME:-3s}" --shutdown-delay 0s \

@@ -242,6 +242,14 @@ impl Metrics {
     }
 
     pub fn review(&self, kind: &str, decision: Decision, dry_run: bool, seconds: f64) {
+        // The label comes from the request: only the kinds this webhook is
+        // registered for are named, anything else is "other" (a caller
+        // cannot grow the series without bound).
+        let kind = if REVIEWED_KINDS.contains(&kind) {
+            kind
+        } else {
+            "other"
+        };
         self.reviews
             .get_or_create(&ReviewLabels {
                 kind: kind.to_string(),
@@ -256,6 +264,10 @@ impl Metrics {
             .observe(seconds);
     }
 }
+
+/// The kinds the webhook is registered for (the `kind` label's values
+/// besides `other`).
+pub const REVIEWED_KINDS: &[&str] = &["DaemonSet", "ConfigMap", "IPPool", "Node"];
 
 /// A registry and its metrics, for the server.
 pub fn registry() -> (Registry, Metrics) {
@@ -294,6 +306,20 @@ mod tests {
         assert!(
             text.contains("overlay_switch_admission_duration_seconds_count{kind=\"IPPool\"} 1")
         );
+    }
+
+    #[test]
+    fn a_kind_from_the_request_that_is_not_reviewed_is_counted_as_other() {
+        let (registry, m) = registry();
+        for i in 0..100 {
+            m.review(&format!("Kind{i}"), Decision::Error, false, 0.001);
+        }
+        let text = encode(&registry);
+        assert!(
+            text.contains(r#"overlay_switch_admission_reviews_total{kind="other",decision="Error",dry_run="false"} 100"#),
+            "{text}"
+        );
+        assert!(!text.contains("Kind1"), "{text}");
     }
 
     #[test]

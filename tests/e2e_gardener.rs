@@ -74,20 +74,14 @@ fn back_to_overlay(shoot: &impl Kubectl) {
     assert_eq!(ipip_mode(shoot), "Always");
 }
 
-/// The per-shoot path of the webhook.
-fn mutate_path(namespace: &str) -> String {
-    format!("/shoots/{namespace}/mutate")
-}
-
 /// The IPPool switch (overlay -> native) as a review POSTed straight to
 /// `namespace`'s path; returns the review's `response`.
 fn post_pool_switch(g: &Garden, namespace: &str) -> (Value, Value) {
     let old = fixture_json(OVERLAY_POOL);
     let new = fixture_json(NATIVE_POOL);
-    let (status, body) = g
-        .server
-        .post_review(&mutate_path(namespace), &update_review(&old, &new));
-    assert_eq!(status, 200, "POST {}: {body}", mutate_path(namespace));
+    let path = g.server.shoot_path(namespace);
+    let (status, body) = g.server.post_review(&path, &update_review(&old, &new));
+    assert_eq!(status, 200, "POST {path}: {body}");
     assert_eq!(body["kind"], "AdmissionReview", "{body}");
     (body["response"].clone(), new)
 }
@@ -125,7 +119,11 @@ fn check_registration(g: &Garden, namespace: &str, ca_pem: &[u8]) -> Value {
         mwc["metadata"]["labels"][REMEDIATION_EXCLUDE], "true",
         "{mwc}"
     );
-    let base = format!("https://127.0.0.1:{}/shoots/{namespace}", g.server.port);
+    let token = g.server.path_key.as_ref().unwrap().token(namespace);
+    let base = format!(
+        "https://127.0.0.1:{}/shoots/{namespace}/{token}",
+        g.server.port
+    );
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let webhooks = mwc["webhooks"].as_array().expect("webhooks");
     let urls: Vec<&str> = webhooks
@@ -390,6 +388,22 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
     assert_eq!(response["allowed"], true, "{response}");
     assert_eq!(patched(&new, &response), new, "B's review is unchanged");
     phase(t, "B's switch passed");
+
+    // --- A shoot's path opens only with its own token: without one, or
+    // with another shoot's, the request is refused before it is read. ---
+    let review = update_review(&fixture_json(OVERLAY_POOL), &fixture_json(NATIVE_POOL));
+    let a_token = g.server.path_key.as_ref().unwrap().token(A);
+    for path in [
+        format!("/shoots/{A}/mutate"),
+        format!("/shoots/{B}/{a_token}/mutate"),
+        format!("/shoots/{A}/{a_token}x/mutate"),
+        format!("/shoots/{A}/mutate-node-status"),
+    ] {
+        let (status, body) = g.server.post_review(&path, &review);
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.to_string().contains("token"), "{path}: {body}");
+    }
+    phase(t, "paths without their token refused");
 
     // --- status --gardener: every Cluster; --shoot: one shoot's detail. ---
     let (code, out, err) = run_status(&[], g.seed.kubeconfig(), &["--gardener"]);
@@ -715,13 +729,17 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
     eprintln!("e2e_gardener: {:.1?} in all", t.elapsed());
 }
 
-/// `serve --gardener --certificates-secret`: the first server makes its CA
-/// and serving certificate and keeps them in a Secret of its namespace; it
-/// serves with them and writes that CA into the registrations; a second
-/// server (another replica, a restart) takes the same pair.
+/// `serve --gardener --certificates-secret`: the first server makes its CA,
+/// serving certificate and path token key and keeps them in a Secret of its
+/// namespace; it serves with them and writes that CA and each shoot's token
+/// into the registrations; a second server (another replica) takes the same.
+/// With a short validity, the two replicas renew and rotate the CA while
+/// running: every TLS handshake made with the CA bundle the registration
+/// carries at that moment succeeds, on both, throughout.
 #[test]
 fn the_server_keeps_its_own_certificates_in_the_seed() {
     use std::process::{Command, Stdio};
+    let t = Instant::now();
     let seed = controlplane::ControlPlane::start().expect("seed");
     install_seed_crds(&seed);
     for ns in ["garden-osw", A] {
@@ -743,6 +761,14 @@ fn the_server_keeps_its_own_certificates_in_the_seed() {
                 "osw-certs",
                 "--namespace",
                 "garden-osw",
+                // Renewed 20 s before the end; the CA rotated in two steps
+                // at least 6 s apart.
+                "--certificate-validity",
+                "60s",
+                "--certificates-check-interval",
+                "1s",
+                "--tls-reload-interval",
+                "1s",
             ])
             .arg("--certificates-dir")
             .arg(dir.path().join(format!("certs-{n}")))
@@ -759,7 +785,7 @@ fn the_server_keeps_its_own_certificates_in_the_seed() {
         });
         (child, port)
     };
-    let secret_ca = || {
+    let secret = || -> Value {
         let s = seed
             .kubectl_ok(
                 &[
@@ -774,31 +800,56 @@ fn the_server_keeps_its_own_certificates_in_the_seed() {
                 None,
             )
             .unwrap();
-        let v: Value = serde_json::from_str(&s).unwrap();
-        let ca = base64::engine::general_purpose::STANDARD
-            .decode(v["data"]["ca.crt"].as_str().unwrap())
-            .unwrap();
-        (ca, v["metadata"]["annotations"].clone())
+        serde_json::from_str(&s).unwrap()
     };
-    let (mut first, port) = start(1);
-    let (ca, annotations) = secret_ca();
-    assert!(
-        annotations["overlay-switch-webhook.gardener.cloud/not-after"].is_string(),
-        "{annotations}"
-    );
-    // The server serves with that CA's certificate for its host name.
-    let served = |port: u16, ca: &[u8]| {
+    let data = |v: &Value, k: &str| -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(v["data"][k].as_str().unwrap_or_default())
+            .unwrap()
+    };
+    // The registration of A: (path of its review URL, CA bundle).
+    let registration = || -> Option<(String, Vec<u8>)> {
+        let s = seed
+            .kubectl_ok(
+                &["-n", A, "get", "secret", REGISTRATION_SECRET, "-o", "json"],
+                None,
+            )
+            .ok()?;
+        let mwc = registered_config_of(&serde_json::from_str(&s).ok()?);
+        let hook = mwc["webhooks"]
+            .as_array()?
+            .iter()
+            .find(|w| {
+                w["clientConfig"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("/mutate"))
+            })?
+            .clone();
+        let url = hook["clientConfig"]["url"].as_str()?;
+        let path = url.split_once("://")?.1.split_once('/')?.1;
+        let bundle = base64::engine::general_purpose::STANDARD
+            .decode(hook["clientConfig"]["caBundle"].as_str()?)
+            .ok()?;
+        Some((format!("/{path}"), bundle))
+    };
+    // A TLS handshake (and POST) trusting exactly `roots` (a PEM bundle).
+    let served = |port: u16, roots: &[u8], path: &str| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            let client = reqwest::Client::builder()
-                .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
-                .build()
-                .unwrap();
+            let mut client = reqwest::Client::builder()
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .timeout(Duration::from_secs(5));
+            for c in reqwest::Certificate::from_pem_bundle(roots).unwrap() {
+                client = client.add_root_certificate(c);
+            }
             client
-                .post(format!("https://localhost:{port}/shoots/{A}/mutate"))
+                .build()
+                .unwrap()
+                .post(format!("https://localhost:{port}{path}"))
                 .header("content-type", "application/json")
                 .body("{}")
                 .send()
@@ -806,43 +857,93 @@ fn the_server_keeps_its_own_certificates_in_the_seed() {
                 .map(|r| r.status().as_u16())
         })
     };
-    assert_eq!(served(port, &ca).expect("TLS with the Secret's CA"), 200);
-    // The registration of A carries the same CA.
-    let bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
-    eventually(
+
+    let (mut first, port) = start(1);
+    let s0 = secret();
+    assert!(
+        s0["metadata"]["annotations"]["overlay-switch-webhook.gardener.cloud/not-after"]
+            .is_string(),
+        "{s0}"
+    );
+    let key = data(&s0, "path-token.key");
+    assert_eq!(key.len(), 32, "a path token key is made");
+    let token = overlay_switch_webhook::gardener::path_token::PathKey::new(&key)
+        .unwrap()
+        .token(A);
+    let signing0 = data(&s0, "ca-signing.crt");
+    // The registration carries the Secret's CA and A's token; the server
+    // serves with that CA's certificate for its host name.
+    let (path, bundle) = eventually(
         "A's registration with the Secret's CA",
         Duration::from_secs(30),
-        || {
-            let s = seed
-                .kubectl_ok(
-                    &[
-                        "-n",
-                        A,
-                        "get",
-                        "secret",
-                        REGISTRATION_SECRET,
-                        "-o",
-                        "jsonpath={.data.mutatingwebhookconfiguration\\.yaml}",
-                    ],
-                    None,
-                )
-                .ok()?;
-            let yaml = String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(s.trim())
-                    .ok()?,
-            )
-            .ok()?;
-            yaml.contains(&format!("caBundle: {bundle}")).then_some(())
-        },
+        || registration().filter(|(_, b)| b == &data(&secret(), "ca.crt")),
     );
-    // Another replica takes the same pair.
-    let (mut second, port2) = start(2);
-    assert_eq!(secret_ca().0, ca, "the Secret is not made anew");
+    assert_eq!(path, format!("/shoots/{A}/{token}/mutate"));
     assert_eq!(
-        served(port2, &ca).expect("the second replica serves the same CA"),
+        served(port, &bundle, &path).expect("TLS with the Secret's CA"),
         200
     );
+    assert_eq!(
+        served(port, &bundle, &format!("/shoots/{A}/mutate")).unwrap(),
+        403,
+        "no token: refused"
+    );
+    // Another replica takes the same pair and key.
+    let (mut second, port2) = start(2);
+    assert_eq!(data(&secret(), "ca-signing.crt"), signing0, "not made anew");
+    assert_eq!(data(&secret(), "path-token.key"), key);
+    assert_eq!(
+        served(port2, &bundle, &path).expect("the second replica serves the same CA"),
+        200
+    );
+    phase(t, "two replicas on one Secret");
+
+    // Rotation while running.
+    let mut checks = 0;
+    let mut most_cas = 0;
+    let mut promoted_at = None;
+    while promoted_at.is_none_or(|p: Instant| p.elapsed() < Duration::from_secs(6)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(150),
+            "no CA promotion seen"
+        );
+        let (path, bundle) = registration().expect("A's registration");
+        most_cas = most_cas.max(
+            reqwest::Certificate::from_pem_bundle(&bundle)
+                .unwrap()
+                .len(),
+        );
+        for p in [port, port2] {
+            let status = served(p, &bundle, &path).unwrap_or_else(|e| {
+                panic!("port {p}: TLS with the registered bundle failed: {e:?}")
+            });
+            assert_eq!(status, 200);
+        }
+        checks += 1;
+        if promoted_at.is_none() && data(&secret(), "ca-signing.crt") != signing0 {
+            promoted_at = Some(Instant::now());
+            phase(t, "the CA was promoted");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        most_cas >= 2,
+        "the registration carried the next CA beside the signing one"
+    );
+    // Both replicas now serve a certificate of the new signing CA.
+    eventually(
+        "both serve the new CA's certificate",
+        Duration::from_secs(15),
+        || {
+            let s = secret();
+            let new_ca = data(&s, "ca-signing.crt");
+            let path = format!("/shoots/{A}/{token}/mutate");
+            (served(port, &new_ca, &path).is_ok() && served(port2, &new_ca, &path).is_ok())
+                .then_some(())
+        },
+    );
+    eprintln!("rotation: {checks} handshake rounds on two replicas, none failed");
+    phase(t, "rotated with no failed handshake");
     for c in [&mut first, &mut second] {
         let _ = c.kill();
         let _ = c.wait();

@@ -101,8 +101,8 @@ pub struct GardenerArgs {
     #[arg(long)]
     pub gardener: bool,
     /// With --gardener: `https://host:port`, where the shoots' API servers
-    /// (in the seed) reach this server; `/shoots/<namespace>/mutate` is
-    /// appended for each shoot.
+    /// (in the seed) reach this server; `/shoots/<namespace>/<token>/mutate`
+    /// is appended for each shoot.
     #[arg(long, requires = "gardener", value_name = "URL")]
     pub webhook_base_url: Option<String>,
     /// With --gardener: the CA bundle (PEM) written into every shoot's
@@ -112,17 +112,35 @@ pub struct GardenerArgs {
     pub ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub access: ShootAccessArgs,
-    /// With --gardener: keep the server's own CA and serving certificate in
-    /// this Secret of --namespace (made by the first replica, renewed a
-    /// month before its end at a start), instead of --tls-cert-file,
-    /// --tls-key-file and --ca-file.
+    /// With --gardener: keep the server's own CA, serving certificate and
+    /// path token key in this Secret of --namespace (made by the first
+    /// replica; read again and renewed when due every
+    /// --certificates-check-interval by every replica), instead of
+    /// --tls-cert-file, --tls-key-file, --ca-file and --path-token-key-file.
     #[arg(
         long,
         requires = "gardener",
         value_name = "NAME",
-        conflicts_with_all = ["tls_cert_file", "tls_key_file", "ca_file"]
+        conflicts_with_all = ["tls_cert_file", "tls_key_file", "ca_file", "path_token_key_file"]
     )]
     pub certificates_secret: Option<String>,
+    /// With --certificates-secret: validity of the serving certificate (a
+    /// CA gets twice that); renewed 30 days (at most a third of it) before
+    /// its end.
+    #[arg(long, default_value = "365d", value_parser = parse_duration, requires = "certificates_secret")]
+    pub certificate_validity: Duration,
+    /// With --certificates-secret: how often every replica reads the Secret
+    /// again (another replica's renewal is served within this) and renews
+    /// what is due.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "certificates_secret")]
+    pub certificates_check_interval: Duration,
+    /// With --gardener (without --certificates-secret): a file of at least 32
+    /// random bytes; each shoot's path then carries a token made with it,
+    /// and a request without its shoot's token is refused. Without it (and
+    /// without --certificates-secret) the paths carry no token: anyone who
+    /// reaches the webhook port can post reviews on any shoot's path.
+    #[arg(long, requires = "gardener", value_name = "FILE")]
+    pub path_token_key_file: Option<PathBuf>,
     /// The server's namespace in the seed: its certificates Secret and its
     /// extension heartbeat Lease (`gardener-extension-heartbeat`) live there.
     #[arg(long, env = "POD_NAMESPACE")]

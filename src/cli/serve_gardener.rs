@@ -11,8 +11,10 @@ use kube::runtime::watcher;
 
 use super::serve::{ServeArgs, config, serve_until_stopped};
 use crate::cluster::watch::{Backoff, Health, keep_watching};
+use crate::gardener::certificates::rotation::Policy;
 use crate::gardener::certificates::{self, CertSecret};
 use crate::gardener::http::{self, GardenerState, ShootGauges};
+use crate::gardener::path_token::PathKey;
 use crate::gardener::reconcile::{self, RegistrationConfig};
 use crate::gardener::registration;
 use crate::gardener::shoots::{ReleaseConfig, ShootConfig, Shoots};
@@ -50,7 +52,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // HTTP/2 to the seed too: one connection for the Cluster watch and
     // every shoot's access Secret reads.
     let seed = crate::gardener::access::http2_client(config(args.kubeconfig.as_deref()).await?)?;
-    let (cert_file, key_file, ca_file) = match &g.certificates_secret {
+    let mut keep_certificates = None;
+    let (cert_file, key_file, ca_file, path_key) = match &g.certificates_secret {
         Some(name) => {
             let namespace = g
                 .namespace
@@ -65,10 +68,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 namespace,
                 name: name.clone(),
                 dns,
-                days: 365,
+                policy: Policy {
+                    validity: g.certificate_validity,
+                },
             };
-            let paths = certificates::ensure(&seed, &secret, &g.certificates_dir).await?;
-            (paths.tls_cert, paths.tls_key, paths.ca_cert)
+            let current = certificates::sync(&seed, &secret, &g.certificates_dir).await?;
+            keep_certificates = Some(secret);
+            let key = PathKey::new(&current.path_key)?;
+            let paths = current.paths;
+            (paths.tls_cert, paths.tls_key, paths.ca_cert, Some(key))
         }
         None => (
             args.tls_cert_file.clone().context("--gardener needs --tls-cert-file, or --certificates-secret")?,
@@ -76,6 +84,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             g.ca_file.clone().context(
                 "--gardener needs --ca-file (the CA bundle for the shoots' registrations), or --certificates-secret",
             )?,
+            match &g.path_token_key_file {
+                Some(f) => {
+                    let bytes = std::fs::read(f)
+                        .with_context(|| format!("reading the path token key {}", f.display()))?;
+                    Some(PathKey::new(&bytes)?)
+                }
+                None => {
+                    tracing::warn!("no --path-token-key-file: the shoots' paths carry no token, so anyone who reaches the webhook port can post reviews on them");
+                    None
+                }
+            },
         ),
     };
     let ca = std::fs::read_to_string(&ca_file)
@@ -86,6 +105,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "shoot--check--start",
         &ca,
         &args.calico_node_users,
+        path_key
+            .as_ref()
+            .map(|k| k.token("shoot--check--start"))
+            .as_deref(),
     )
     .context("the shoots' registration cannot be made")?;
 
@@ -112,10 +135,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gauges,
         registry,
         NodeStatusGuard::new(args.calico_node_users.clone()),
+        path_key.clone(),
     );
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(certs.clone().watch(args.tls_reload_interval));
+    if let Some(secret) = keep_certificates {
+        tasks.spawn(certificates::keep_current(
+            seed.clone(),
+            secret,
+            g.certificates_dir.clone(),
+            g.certificates_check_interval,
+        ));
+    }
     let watch_config = watcher::Config::default().timeout(args.watch_timeout);
     tasks.spawn(keep_watching(
         "gardener-clusters",
@@ -133,6 +165,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             base_url: base_url.clone(),
             ca_file,
             calico_node_users: args.calico_node_users.clone(),
+            path_key,
         },
     ));
     let heartbeat = g.namespace.clone().map(|ns| {

@@ -1,6 +1,8 @@
 //! The HTTP side of Gardener mode: the per-shoot webhook paths
-//! (`/shoots/{namespace}/mutate`, `/shoots/{namespace}/mutate-node-status`),
-//! each judged with that shoot's state only, and the admin port
+//! (`/shoots/{namespace}/{token}/mutate` and `.../mutate-node-status`; without
+//! `{token}` when the server has no path key), each judged with that shoot's
+//! state only and open only with that shoot's token ([`super::path_token`]),
+//! and the admin port
 //! (`/healthz`, `/readyz`, `/metrics` with per-shoot gauges, `/shoots`).
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use super::path_token::PathKey;
 use super::shoots::{Shoots, Target};
 use crate::cluster::gate;
 use crate::metrics::Metrics;
@@ -142,13 +145,15 @@ pub struct GardenerState {
     pub registry: Registry,
     pub node_status: NodeStatusGuard,
     pub shutting_down: AtomicBool,
+    /// When set, a shoot's paths need its token.
+    pub path_key: Option<PathKey>,
 }
 
 impl GardenerState {
     pub fn new(shoots: Arc<Shoots>, node_status: NodeStatusGuard) -> Arc<Self> {
         let (mut registry, metrics) = crate::metrics::registry();
         let gauges = ShootGauges::register(&mut registry);
-        Self::with_parts(shoots, metrics, gauges, registry, node_status)
+        Self::with_parts(shoots, metrics, gauges, registry, node_status, None)
     }
 
     /// With a metrics registry made by the caller (the shoots' release
@@ -159,6 +164,7 @@ impl GardenerState {
         gauges: ShootGauges,
         registry: Registry,
         node_status: NodeStatusGuard,
+        path_key: Option<PathKey>,
     ) -> Arc<Self> {
         Arc::new(Self {
             shoots,
@@ -167,7 +173,29 @@ impl GardenerState {
             registry,
             node_status,
             shutting_down: AtomicBool::new(false),
+            path_key,
         })
+    }
+
+    /// Whether a request on `path` may act on its shoot: `Some` answer
+    /// (403, nothing about the shoot) when not.
+    fn refuse_path(&self, path: &ShootPath) -> Option<Response> {
+        let ok = match (&self.path_key, &path.token) {
+            (Some(key), Some(token)) => key.verify(&path.namespace, token),
+            (None, None) => true,
+            _ => false,
+        };
+        if ok {
+            return None;
+        }
+        tracing::warn!(shoot = %path.namespace, with_token = path.token.is_some(), "request on a shoot path without its token: refused");
+        Some(
+            (
+                StatusCode::FORBIDDEN,
+                "this path needs the shoot's token, as its registration names it\n",
+            )
+                .into_response(),
+        )
     }
 
     /// Ready once the seed's `Cluster`s are listed. A shoot that cannot be
@@ -246,12 +274,24 @@ pub fn review(
     }
 }
 
+/// A shoot's path: its namespace and, when the server has a path key, its token.
+#[derive(Debug, serde::Deserialize)]
+pub struct ShootPath {
+    namespace: String,
+    #[serde(default)]
+    token: Option<String>,
+}
+
 async fn mutate(
     State(state): State<Arc<GardenerState>>,
-    Path(namespace): Path<String>,
+    Path(path): Path<ShootPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = state.refuse_path(&path) {
+        return refused;
+    }
+    let namespace = path.namespace;
     let started = Instant::now();
     let bytes = match server::review_body(&headers, body).await {
         Ok(b) => b,
@@ -269,10 +309,14 @@ async fn mutate(
 /// else admitted unchanged (this webhook never blocks them).
 async fn mutate_node_status(
     State(state): State<Arc<GardenerState>>,
-    Path(namespace): Path<String>,
+    Path(path): Path<ShootPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = state.refuse_path(&path) {
+        return refused;
+    }
+    let namespace = path.namespace;
     let started = Instant::now();
     let bytes = match server::review_body(&headers, body).await {
         Ok(b) => b,
@@ -291,16 +335,16 @@ async fn mutate_node_status(
 }
 
 pub fn webhook_router(state: Arc<GardenerState>) -> Router {
-    Router::new()
-        .route(
-            &format!("/shoots/{{namespace}}{}", server::MUTATE_PATH),
-            post(mutate),
-        )
-        .route(
-            &format!("/shoots/{{namespace}}{}", server::NODE_STATUS_PATH),
-            post(mutate_node_status),
-        )
-        .with_state(state)
+    let mut router = Router::new();
+    for prefix in ["/shoots/{namespace}", "/shoots/{namespace}/{token}"] {
+        router = router
+            .route(&format!("{prefix}{}", server::MUTATE_PATH), post(mutate))
+            .route(
+                &format!("{prefix}{}", server::NODE_STATUS_PATH),
+                post(mutate_node_status),
+            );
+    }
+    router.with_state(state)
 }
 
 /// One served shoot, as `/shoots` reports it.
@@ -548,5 +592,65 @@ mod tests {
                 .contains("not yet read the seed's Gardener Clusters"),
             "{r}"
         );
+    }
+
+    /// The router with a path key: a shoot's paths open only with its
+    /// token; without a key, only without one.
+    #[tokio::test]
+    async fn a_shoots_paths_open_only_with_its_token() {
+        use tower::ServiceExt as _;
+        let (_, metrics) = crate::metrics::registry();
+        let shoots = Shoots::new(
+            None,
+            ShootConfig {
+                settings: Settings::default(),
+                access: Default::default(),
+                access_refresh: Duration::from_secs(60),
+                watch_timeout: None,
+                release: None,
+            },
+            metrics.clone(),
+        );
+        shoots.insert(synced_shoot("shoot--p--c", true, &metrics));
+        let key = PathKey::new(&[3u8; 32]).unwrap();
+        let (registry, metrics) = crate::metrics::registry();
+        let with_key = GardenerState::with_parts(
+            shoots.clone(),
+            metrics,
+            ShootGauges::default(),
+            registry,
+            NodeStatusGuard::new(vec![]),
+            Some(key.clone()),
+        );
+        let without_key = GardenerState::new(shoots, NodeStatusGuard::new(vec![]));
+        let status = |state: &Arc<GardenerState>, path: String| {
+            let router = webhook_router(state.clone());
+            async move {
+                let req = axum::http::Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(Body::from(switch_review()))
+                    .unwrap();
+                router.oneshot(req).await.unwrap().status().as_u16()
+            }
+        };
+        let c = "shoot--p--c";
+        let token = key.token(c);
+        let other = key.token("shoot--p--d");
+        for (state, path, want) in [
+            (&with_key, format!("/shoots/{c}/{token}/mutate"), 200),
+            (
+                &with_key,
+                format!("/shoots/{c}/{token}/mutate-node-status"),
+                200,
+            ),
+            (&with_key, format!("/shoots/{c}/mutate"), 403),
+            (&with_key, format!("/shoots/{c}/mutate-node-status"), 403),
+            (&with_key, format!("/shoots/{c}/{other}/mutate"), 403),
+            (&with_key, format!("/shoots/{c}/x{token}/mutate"), 403),
+            (&without_key, format!("/shoots/{c}/mutate"), 200),
+            (&without_key, format!("/shoots/{c}/{token}/mutate"), 403),
+        ] {
+            assert_eq!(status(state, path.clone()).await, want, "{path}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 
+use super::path_token::PathKey;
 use super::registration::{self, Names};
 use super::shoots::Shoots;
 
@@ -23,6 +24,8 @@ pub struct RegistrationConfig {
     pub ca_file: PathBuf,
     /// calico-node's users, for the node-status webhook.
     pub calico_node_users: Vec<String>,
+    /// Makes each shoot's path token (`None`: paths without tokens).
+    pub path_key: Option<PathKey>,
 }
 
 /// How often, besides every `Cluster` change, the shoots are looked at.
@@ -109,6 +112,7 @@ pub async fn run(shoots: Arc<Shoots>, seed: Client, config: RegistrationConfig) 
                 ns,
                 ca_pem,
                 &config.calico_node_users,
+                config.path_key.as_ref().map(|k| k.token(ns)).as_deref(),
             ) {
                 Ok(r) => r,
                 Err(error) => {

@@ -5,9 +5,10 @@
 //! labels it `resources.gardener.cloud/managed-by: gardener`, which keeps
 //! Gardener's shoot care from reporting it as a problematic webhook).
 //!
-//! Its URLs name the shoot (`{base}/shoots/{namespace}/mutate`), so that a
-//! review is judged with that shoot's state only, without Gardener's
-//! lookup of the shoot by the caller's IP.
+//! Its URLs name the shoot (`{base}/shoots/{namespace}/{token}/mutate`), so
+//! that a review is judged with that shoot's state only, without Gardener's
+//! lookup of the shoot by the caller's IP; the token ([`super::path_token`])
+//! keeps anyone else off that path.
 
 use std::collections::BTreeMap;
 
@@ -32,9 +33,13 @@ pub const SECRET_KEY: &str = "mutatingwebhookconfiguration.yaml";
 /// Field manager of the server-side applies.
 const FIELD_MANAGER: &str = "overlay-switch-webhook";
 
-/// Where the shoot's kube-apiserver sends the reviews of shoot `namespace`.
-pub fn shoot_path(namespace: &str) -> String {
-    format!("/shoots/{namespace}{}", crate::server::MUTATE_PATH)
+/// Where the shoot's kube-apiserver sends the reviews of shoot `namespace`
+/// (with its path token, when the server has a path key).
+pub fn shoot_path(namespace: &str, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("/shoots/{namespace}/{t}{}", crate::server::MUTATE_PATH),
+        None => format!("/shoots/{namespace}{}", crate::server::MUTATE_PATH),
+    }
 }
 
 /// Names of the registration objects.
@@ -58,13 +63,14 @@ pub fn render(
     namespace: &str,
     ca_pem: &str,
     users: &[String],
+    token: Option<&str>,
 ) -> anyhow::Result<String> {
     let base = base_url.trim_end_matches('/');
     anyhow::ensure!(
         base.starts_with("https://") && !base[8..].contains('/'),
         "--webhook-base-url {base_url:?} must be https://host[:port] (the shoot paths are appended)"
     );
-    let url = format!("{base}{}", shoot_path(namespace));
+    let url = format!("{base}{}", shoot_path(namespace, token));
     let yaml = webhook_config::render(Mode::Url, ca_pem, Some(&url), users)?;
     let anchor = "    app.kubernetes.io/name: overlay-switch-webhook\n";
     anyhow::ensure!(
@@ -206,7 +212,7 @@ mod tests {
     #[test]
     fn the_configuration_names_the_shoot_in_every_url() {
         let users = vec![crate::server::node_status::DEFAULT_CALICO_NODE_USER.to_string()];
-        let yaml = render("https://osw.garden:443/", "shoot--p--a", CA, &users).unwrap();
+        let yaml = render("https://osw.garden:443/", "shoot--p--a", CA, &users, None).unwrap();
         let urls: Vec<&str> = yaml
             .lines()
             .filter_map(|l| l.trim().strip_prefix("url: "))
@@ -228,15 +234,27 @@ mod tests {
             .count();
         assert!(fails >= 3);
         assert_eq!(yaml.matches("failurePolicy: Fail").count(), fails);
+        // With a path token, every URL carries it after the namespace.
+        let yaml = render("https://osw:443", "shoot--p--a", CA, &users, Some("tok")).unwrap();
+        let urls: Vec<&str> = yaml
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("url: "))
+            .collect();
+        assert!(urls.len() >= 2, "{yaml}");
+        assert!(
+            urls.iter()
+                .all(|u| u.starts_with("https://osw:443/shoots/shoot--p--a/tok/mutate")),
+            "{urls:?}"
+        );
     }
 
     #[test]
     fn a_base_url_with_a_path_or_without_https_is_refused() {
         let users = vec!["u".to_string()];
         for bad in ["http://osw:443", "https://osw:443/x", "osw:443"] {
-            let e = render(bad, "shoot--p--a", CA, &users).unwrap_err();
+            let e = render(bad, "shoot--p--a", CA, &users, None).unwrap_err();
             assert!(e.to_string().contains("--webhook-base-url"), "{bad}: {e}");
         }
-        assert!(render("https://osw", "shoot--p--a", "not pem", &users).is_err());
+        assert!(render("https://osw", "shoot--p--a", "not pem", &users, None).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -38,15 +38,26 @@ impl Bundle {
     }
 }
 
-/// Makes a CA (valid `ca_days`) and a serving certificate signed by it (valid
-/// `days`) for the given DNS names and IP addresses.
-pub fn generate(dns: &[String], ips: &[IpAddr], days: i64) -> anyhow::Result<Bundle> {
-    anyhow::ensure!(
-        !dns.is_empty() || !ips.is_empty(),
-        "a serving certificate needs at least one DNS name or IP address"
-    );
-    let now = OffsetDateTime::now_utc();
+/// A CA: its certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ca {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
 
+/// What a certificate says of itself (read with x509-parser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Its DNS subject alternative names.
+    pub dns: Vec<String>,
+}
+
+/// Makes a CA valid for `validity` (from five minutes ago).
+pub fn make_ca(validity: std::time::Duration) -> anyhow::Result<Ca> {
+    let now = OffsetDateTime::now_utc();
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
         .distinguished_name
@@ -58,11 +69,34 @@ pub fn generate(dns: &[String], ips: &[IpAddr], days: i64) -> anyhow::Result<Bun
         KeyUsagePurpose::DigitalSignature,
     ];
     ca_params.not_before = now - Duration::minutes(5);
-    ca_params.not_after = now + Duration::days(days.saturating_mul(2).max(days));
+    ca_params.not_after = now + to_time(validity)?;
     let ca_key = KeyPair::generate()?;
-    let ca_key_pem = ca_key.serialize_pem();
+    let key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    Ok(Ca {
+        cert_pem: ca.pem(),
+        key_pem,
+    })
+}
 
+fn to_time(d: std::time::Duration) -> anyhow::Result<Duration> {
+    Duration::try_from(d).map_err(|e| anyhow::anyhow!("validity {d:?} out of range: {e}"))
+}
+
+/// A serving certificate and key (PEM) signed by `ca`, valid for
+/// `validity` (from five minutes ago), for the given names.
+pub fn issue(
+    ca: &Ca,
+    dns: &[String],
+    ips: &[IpAddr],
+    validity: std::time::Duration,
+) -> anyhow::Result<(String, String)> {
+    anyhow::ensure!(
+        !dns.is_empty() || !ips.is_empty(),
+        "a serving certificate needs at least one DNS name or IP address"
+    );
+    let now = OffsetDateTime::now_utc();
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
     let mut params = CertificateParams::new(dns.to_vec())?;
     params
         .subject_alt_names
@@ -77,16 +111,91 @@ pub fn generate(dns: &[String], ips: &[IpAddr], days: i64) -> anyhow::Result<Bun
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(days);
+    params.not_after = now + to_time(validity)?;
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
 
+/// Makes a CA (valid twice `days`) and a serving certificate signed by it
+/// (valid `days`) for the given DNS names and IP addresses.
+pub fn generate(dns: &[String], ips: &[IpAddr], days: i64) -> anyhow::Result<Bundle> {
+    anyhow::ensure!(
+        !dns.is_empty() || !ips.is_empty(),
+        "a serving certificate needs at least one DNS name or IP address"
+    );
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let days = u32::try_from(days.max(1)).unwrap_or(u32::MAX);
+    let ca = make_ca(day * days.saturating_mul(2))?;
+    let (tls_cert_pem, tls_key_pem) = issue(&ca, dns, ips, day * days)?;
     Ok(Bundle {
-        ca_cert_pem: ca.pem(),
-        ca_key_pem,
-        tls_cert_pem: cert.pem(),
-        tls_key_pem: key.serialize_pem(),
+        ca_cert_pem: ca.cert_pem,
+        ca_key_pem: ca.key_pem,
+        tls_cert_pem,
+        tls_key_pem,
     })
+}
+
+/// The certificates in a PEM text, each as its own PEM block (other blocks
+/// and text are left out).
+pub fn split_pem(text: &str) -> Vec<String> {
+    pem::parse_many(text)
+        .map(|blocks| {
+            blocks
+                .into_iter()
+                .filter(|b| b.tag() == "CERTIFICATE")
+                .map(|b| {
+                    pem::encode_config(
+                        &b,
+                        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the (first) certificate in `pem_text` says of itself; `None` when
+/// it cannot be read.
+pub fn info(pem_text: &str) -> Option<CertInfo> {
+    let block = pem::parse(pem_text).ok()?;
+    let (_, x509) = x509_parser::parse_x509_certificate(block.contents()).ok()?;
+    let validity = x509.validity();
+    let dns = x509
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(CertInfo {
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        dns,
+    })
+}
+
+/// Whether the certificate `cert_pem` is signed by the CA `ca_pem` (its
+/// signature verifies with the CA's key, and it names the CA as issuer).
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let (Ok(c), Ok(a)) = (pem::parse(cert_pem), pem::parse(ca_pem)) else {
+        return false;
+    };
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(c.contents()),
+        x509_parser::parse_x509_certificate(a.contents()),
+    ) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
 }
 
 /// Paths of the files [`write()`] produces.
@@ -169,6 +278,34 @@ mod tests {
             .decode(bundle.ca_bundle())
             .unwrap();
         assert_eq!(decoded, bundle.ca_cert_pem.as_bytes());
+    }
+
+    #[test]
+    fn a_serving_certificate_is_issued_again_from_a_kept_ca() {
+        let hour = std::time::Duration::from_secs(3600);
+        let ca = make_ca(hour * 48).unwrap();
+        let other = make_ca(hour).unwrap();
+        let names = vec!["a.b".to_string(), "a.b.svc".to_string()];
+        let (cert, key) = issue(&ca, &names, &[], hour * 2).unwrap();
+        assert!(signed_by(&cert, &ca.cert_pem));
+        assert!(!signed_by(&cert, &other.cert_pem));
+        assert!(!signed_by("garbage", &ca.cert_pem));
+        let i = info(&cert).unwrap();
+        assert_eq!(i.dns, names);
+        assert!(
+            (i.not_after - i.not_before - 2 * 3600 - 300).abs() <= 2,
+            "{i:?}"
+        );
+        let c = info(&ca.cert_pem).unwrap();
+        assert!((c.not_after - c.not_before - 48 * 3600 - 300).abs() <= 2);
+        assert!(
+            crate::server::tls::server_config_from_pem(cert.as_bytes(), key.as_bytes()).is_ok()
+        );
+        let both = format!("{}{}", ca.cert_pem, other.cert_pem);
+        let split = split_pem(&both);
+        assert_eq!(split.len(), 2);
+        assert_eq!(info(&split[1]), info(&other.cert_pem));
+        assert!(split_pem("no pem").is_empty());
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Server {
     /// `serve --gardener`'s `--ca-file` (the CA bundle it writes into every
     /// registration), a copy of `certs/ca.crt` to begin with.
     pub ca_file: Option<PathBuf>,
+    /// `serve --gardener`'s `--path-token-key-file`, as a key.
+    pub path_key: Option<overlay_switch_webhook::gardener::path_token::PathKey>,
 }
 
 impl Server {
@@ -99,19 +101,37 @@ impl Server {
         let ca_file = dir.join("ca-bundle.pem");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let ca = ca_file.clone();
-        Self::launch(dir, seed_kubeconfig, Some(ca_file), move |port| {
+        std::fs::create_dir_all(dir).unwrap();
+        let key_file = dir.join("path-token.key");
+        let key: Vec<u8> = (0..32u8)
+            .map(|i| i.wrapping_mul(37) ^ (std::process::id() as u8))
+            .collect();
+        std::fs::write(&key_file, &key).unwrap();
+        let mut server = Self::launch(dir, seed_kubeconfig, Some(ca_file), move |port| {
             let mut args: Vec<String> = vec![
                 "--gardener".into(),
                 "--webhook-base-url".into(),
                 format!("https://127.0.0.1:{port}"),
                 "--ca-file".into(),
                 ca.display().to_string(),
+                "--path-token-key-file".into(),
+                key_file.display().to_string(),
                 "--tls-reload-interval".into(),
                 "1s".into(),
             ];
             args.append(&mut extra);
             args
-        })
+        });
+        server.path_key =
+            Some(overlay_switch_webhook::gardener::path_token::PathKey::new(&key).unwrap());
+        server
+    }
+
+    /// The path of shoot `namespace`'s reviews on this server (with its
+    /// token when the server has a path key).
+    pub fn shoot_path(&self, namespace: &str) -> String {
+        let token = self.path_key.as_ref().map(|k| k.token(namespace));
+        overlay_switch_webhook::gardener::registration::shoot_path(namespace, token.as_deref())
     }
 
     /// `extra(port)`: the flags after the common ones, given the webhook port.
@@ -170,6 +190,7 @@ impl Server {
             log,
             certs,
             ca_file,
+            path_key: None,
         };
         eventually("server /healthz", Duration::from_secs(20), || {
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
@@ -1171,8 +1192,9 @@ impl Garden {
             .args([
                 "--url",
                 &format!(
-                    "https://127.0.0.1:{}/shoots/{namespace}/mutate",
-                    self.server.port
+                    "https://127.0.0.1:{}{}",
+                    self.server.port,
+                    self.server.shoot_path(namespace)
                 ),
             ])
             .output()
