@@ -285,6 +285,7 @@ fn over_tls(body: &[u8], st: Arc<AppState>) {
             router,
             std::future::pending(),
             Duration::from_secs(1),
+            server::limits::Limits::default(),
         ));
         let client = reqwest::Client::builder()
             .use_rustls_tls()

@@ -9,6 +9,8 @@ use overlay_switch_webhook::server::{self, AppState};
 use serde_json::{Value, json};
 
 struct Running {
+    port: u16,
+    ca_pem: String,
     url: String,
     admin: String,
     client: reqwest::Client,
@@ -27,6 +29,10 @@ impl Running {
 }
 
 async fn start() -> Running {
+    start_with(server::limits::Limits::default()).await
+}
+
+async fn start_with(limits: server::limits::Limits) -> Running {
     let bundle = overlay_switch_webhook::server::certs::generate(
         &["localhost".into()],
         &["127.0.0.1".parse().unwrap()],
@@ -56,6 +62,7 @@ async fn start() -> Running {
             let _ = rx.await;
         },
         Duration::from_secs(2),
+        limits,
     ));
     let client = reqwest::Client::builder()
         .use_rustls_tls()
@@ -66,6 +73,8 @@ async fn start() -> Running {
         .build()
         .unwrap();
     Running {
+        port,
+        ca_pem: bundle.ca_cert_pem.clone(),
         url: format!("https://127.0.0.1:{port}/mutate"),
         admin: format!("http://127.0.0.1:{admin_port}"),
         client,
@@ -329,5 +338,201 @@ async fn probes_and_metrics_answer() {
         "{m}"
     );
     assert!(m.contains("overlay_switch_cache_synced 0"), "{m}");
+    r.shutdown().await;
+}
+
+/// A raw TLS connection to the server (HTTP/1.1 by ALPN).
+async fn raw_tls(r: &Running) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(r.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", r.port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the peer closes; `None` if it has not within `within`.
+async fn closed_within(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.ok()?;
+    Some(got)
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_a_freed_place_is_used_again() {
+    let r = start_with(server::limits::Limits {
+        max_connections: 3,
+        ..Default::default()
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(raw_tls(&r).await);
+    }
+    // The fourth is closed at once, before any TLS.
+    let mut fourth = tokio::net::TcpStream::connect(("127.0.0.1", r.port))
+        .await
+        .unwrap();
+    let got = closed_within(&mut fourth, Duration::from_secs(5))
+        .await
+        .expect("the fourth connection is closed");
+    assert!(got.is_empty(), "nothing was served on it");
+    // The three still work; once one closes, a new client gets in.
+    use tokio::io::AsyncWriteExt as _;
+    open[0]
+        .write_all(b"GET /nothing HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut open[0], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 404"),
+        "{answer:?}"
+    );
+    drop(open.remove(0));
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // The freed place is given back when the server sees the close.
+            if let Ok(resp) = r
+                .client
+                .post(&r.url)
+                .header("content-type", "application/json")
+                .body(
+                    review(
+                        ("crd.projectcalico.org", "v1", "IPPool"),
+                        "p",
+                        None,
+                        "UPDATE",
+                        pool("Always"),
+                        pool("Always"),
+                    )
+                    .to_string(),
+                )
+                .send()
+                .await
+            {
+                return (resp.status().as_u16(), ());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a new client is served once a place is free");
+    assert_eq!(status, 200);
+    drop(open);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_whole_request_head_is_closed_and_so_is_an_idle_one() {
+    let r = start_with(server::limits::Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    use tokio::io::AsyncWriteExt as _;
+    // Slow: half a request head, then nothing.
+    let mut slow = raw_tls(&r).await;
+    slow.write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "a request head that never ends is cut off"
+    );
+    // Idle: connected, never a byte.
+    let mut idle = raw_tls(&r).await;
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "an idle connection is closed"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_old_connection_is_closed_after_its_request_is_answered() {
+    let r = start_with(server::limits::Limits {
+        max_connection_age: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    use tokio::io::AsyncWriteExt as _;
+    let mut c = raw_tls(&r).await;
+    c.write_all(b"GET /nothing HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut c, Duration::from_secs(10))
+        .await
+        .expect("closed once older than its age");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 404"),
+        "the request in flight was answered first: {answer:?}"
+    );
+    r.shutdown().await;
+}
+
+/// Three reviews of 6 MiB at once: more than the body budget holds
+/// together, so they are read one after another (the process never holds
+/// them all), and every one is answered.
+#[tokio::test]
+async fn large_reviews_at_once_wait_for_the_body_budget_and_are_all_answered() {
+    let r = start().await;
+    let mut pool_with = pool("Always");
+    pool_with["metadata"]["annotations"] = json!({"note": "x".repeat(3 * 1024 * 1024)});
+    let body = review(
+        ("crd.projectcalico.org", "v1", "IPPool"),
+        "default-ipv4-ippool",
+        None,
+        "UPDATE",
+        pool_with.clone(),
+        pool_with,
+    )
+    .to_string();
+    assert!(body.len() > 6 * 1024 * 1024);
+    assert!(body.len() * 2 > server::limits::BODY_BUDGET_BYTES);
+    let answers = futures::future::join_all(
+        (0..3).map(|_| post(&r, body.clone().into_bytes(), "application/json")),
+    )
+    .await;
+    for (status, answer) in answers {
+        assert_eq!(status, 200);
+        assert_eq!(
+            answer["response"]["allowed"], true,
+            "{}",
+            answer["response"]["status"]
+        );
+    }
     r.shutdown().await;
 }

@@ -89,6 +89,29 @@ pub struct ServeArgs {
     pub shutdown_delay: Duration,
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
+    /// Open webhook connections in all; more are closed at once.
+    #[arg(long, default_value = "512")]
+    pub max_connections: usize,
+    /// Open webhook connections from one address (a kube-apiserver needs a
+    /// few: HTTP/2 carries up to 32 reviews at once on each).
+    #[arg(long, default_value = "128")]
+    pub max_connections_per_peer: usize,
+    /// A webhook connection older than this is closed gracefully (requests
+    /// in flight finish; the client reconnects).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+}
+
+impl ServeArgs {
+    /// The webhook connections' limits.
+    pub fn limits(&self) -> crate::server::limits::Limits {
+        crate::server::limits::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_connection_age: self.max_connection_age,
+            ..Default::default()
+        }
+    }
 }
 
 /// Gardener mode: one server in the seed guards every shoot whose Shoot
@@ -379,6 +402,13 @@ pub async fn serve_until_stopped(
     tasks: &mut tokio::task::JoinSet<()>,
     not_ready: impl FnOnce(),
 ) -> anyhow::Result<Option<String>> {
+    match crate::server::limits::raise_open_files_limit() {
+        Some((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the soft limit of open files")
+        }
+        Some(_) => {}
+        None => tracing::warn!("cannot read or raise the limit of open files"),
+    }
     let listener = TcpListener::bind(args.listen_addr)
         .await
         .with_context(|| format!("binding {}", args.listen_addr))?;
@@ -409,6 +439,7 @@ pub async fn serve_until_stopped(
     let webhook_task = {
         let mut rx = stop_rx.clone();
         let drain = args.shutdown_drain;
+        let limits = args.limits();
         tokio::spawn(async move {
             server::serve_tls(
                 listener,
@@ -418,6 +449,7 @@ pub async fn serve_until_stopped(
                     let _ = rx.wait_for(|s| *s).await;
                 },
                 drain,
+                limits,
             )
             .await;
         })

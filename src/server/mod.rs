@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod certs;
+pub mod limits;
 pub mod node_status;
 pub mod tls;
 pub mod webhook;
@@ -21,8 +22,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -139,8 +139,9 @@ fn bad_request(message: &str) -> Response {
         .into_response()
 }
 
-/// The body of a review, or the response refusing it.
-pub async fn review_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
+/// The body of a review (held within the process's body budget until it is
+/// dropped), or the response refusing it.
+pub async fn review_body(headers: &HeaderMap, body: Body) -> Result<limits::HeldBody, Response> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -151,14 +152,17 @@ pub async fn review_body(headers: &HeaderMap, body: Body) -> Result<axum::body::
             "content type must be application/json, got {content_type:?}"
         )));
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "review refused: body unreadable or over the limit");
-            bad_request(&format!(
-                "cannot read the request body (limit {MAX_BODY_BYTES} bytes): {e}"
-            ))
-        })
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let timeout = limits::Limits::default().body_read_timeout;
+    limits::read_body(body, declared, MAX_BODY_BYTES, timeout)
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "review refused: body unreadable, too slow or over the limit");
+        bad_request(&e.to_string())
+    })
 }
 
 async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -247,21 +251,40 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// How long a client may take for its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `router` over TLS on `listener` until `shutdown` resolves, then
-/// stops accepting and lets open connections finish for up to `drain`.
+/// stops accepting and lets open connections finish for up to `drain`;
+/// every connection within `limits`.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
+    limits: limits::Limits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let max = limits.max_connections.max(1);
+    let connections = Arc::new(tokio::sync::Semaphore::new(max));
+    let peers = Arc::new(limits::Peers::default());
+    // The protocol is the one TLS negotiated (ALPN), so a connection is
+    // under its protocol's timers from its first byte (hyper-util's auto
+    // builder would wait, without a timer, for a first byte to sniff it).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(100);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(100)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let mut last_refusal_log: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
@@ -275,33 +298,88 @@ pub async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        // Over a limit: closed at once (the client sees a reset), logged at
+        // most every 10 s.
+        let admitted = connections
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(peers.enter(peer.ip(), limits.max_connections_per_peer));
+        let Some((permit, peer_conn)) = admitted else {
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(%peer, max_connections = max, max_per_peer = limits.max_connections_per_peer, "connection refused: too many open connections");
+            }
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let (http1, http2) = (http1.clone(), http2.clone());
+        let mut stop = stop_rx.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let _held = (permit, peer_conn);
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(tls);
+            let age = limits.max_connection_age;
+            let ended = if h2 {
+                drive(http2.serve_connection(io, service), &mut stop, age).await
+            } else {
+                drive(http1.serve_connection(io, service), &mut stop, age).await
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(error) = watcher.watch(conn.into_owned()).await {
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("webhook connections drained"),
+        _ = connections.acquire_many(all) => tracing::info!("webhook connections drained"),
         () = tokio::time::sleep(drain) => tracing::warn!("drain time over; closing open connections"),
+    }
+}
+
+/// Runs one connection until it ends; shuts it down gracefully (requests in
+/// flight are answered) when the server stops or the connection is `max_age` old.
+async fn drive<C>(
+    conn: C,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    max_age: Duration,
+) -> Result<(), C::Error>
+where
+    C: hyper_util::server::graceful::GracefulConnection,
+{
+    tokio::pin!(conn);
+    let age = tokio::time::sleep(max_age);
+    tokio::pin!(age);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut age, if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
