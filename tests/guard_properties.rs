@@ -421,3 +421,52 @@ fn forged_release_and_cancel_markers_count_for_nothing() {
     assert_eq!(env_of(&after)["CALICO_IPV4POOL_IPIP"], "Always");
     assert!(Record::read(&after).unwrap().is_some());
 }
+
+/// Reviews about objects the watches have not shown (anyone who reaches the
+/// webhook can post one, for any name) make no state: no local hold note,
+/// no Event, and a real switch later is not said to join them.
+#[test]
+fn reviews_about_objects_no_watch_has_shown_make_no_state() {
+    let c = cluster(true);
+    let pool = |name: &str, mode: &str| {
+        json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+               "metadata": {"name": name, "uid": format!("uid-{name}")},
+               "spec": {"cidr": "100.64.0.0/12", "ipipMode": mode, "natOutgoing": true}})
+    };
+    let pools = c.held.store(CalicoKind::IpPool);
+    pools.relist_begin();
+    pools.relist_apply(serde_json::from_value(pool("default-ipv4-ippool", "Always")).unwrap());
+    pools.relist_done();
+    let webhook = Webhook {
+        cluster: c.clone(),
+        metrics: Metrics::new(&mut prometheus_client::registry::Registry::default()),
+    };
+    let review = |name: &str| {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "kind": {"group": "crd.projectcalico.org", "version": "v1", "kind": "IPPool"},
+                "resource": {"group": "crd.projectcalico.org", "version": "v1", "resource": "ippools"},
+                "name": name, "operation": "UPDATE", "userInfo": {"username": "intruder"},
+                "object": pool(name, "Never"), "oldObject": pool(name, "Always"), "dryRun": false
+            }
+        })
+        .to_string()
+    };
+    for name in ["ghost-0".to_string(), "ghost-1".into(), "g".repeat(300_000)] {
+        let (_, outcome) = webhook.review(review(&name).as_bytes());
+        assert_eq!(outcome.verdict, "held", "node-b has no route");
+        assert!(
+            outcome.key.is_none(),
+            "no Event about an object never shown"
+        );
+    }
+    assert_eq!(c.held.held().unwrap(), vec![], "nothing noted as held");
+    // The real pool, once every node has its route: passes on its own.
+    set_routes(&c, false);
+    let (bytes, outcome) = webhook.review(review("default-ipv4-ippool").as_bytes());
+    let resp: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(outcome.verdict, "passed", "{resp}");
+    assert!(resp["response"]["patch"].is_null(), "{resp}");
+    assert!(outcome.key.is_some(), "a real object's outcome names it");
+}

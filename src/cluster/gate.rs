@@ -152,16 +152,54 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
         ),
         (Gate::Open, Some(others)) if !others.is_empty() => Verdict::Hold(format!(
             "joins the held switch of {} so that the cluster never ends up half switched; all are released together",
-            others.join(", ")
+            bounded_list(others, 3)
         )),
         (Gate::Open, Some(_)) => Verdict::Pass { released: false },
     }
+}
+
+/// At most `n` names, then how many more (a message that goes into a
+/// warning, an Event or a condition stays short however many there are).
+pub fn bounded_list(names: &[String], n: usize) -> String {
+    const MAX_NAME: usize = 253;
+    let mut shown: Vec<String> = names
+        .iter()
+        .take(n)
+        .map(|s| {
+            if s.len() > MAX_NAME {
+                let mut end = MAX_NAME;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}...", &s[..end])
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
+    if names.len() > n {
+        shown.push(format!("{} more", names.len() - n));
+    }
+    shown.join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::routes::Blocker;
+
+    #[test]
+    fn a_list_in_a_message_is_bounded() {
+        let names: Vec<String> = (0..10).map(|i| format!("IPPool p{i}")).collect();
+        assert_eq!(bounded_list(&names[..2], 3), "IPPool p0, IPPool p1");
+        assert_eq!(
+            bounded_list(&names, 3),
+            "IPPool p0, IPPool p1, IPPool p2, 7 more"
+        );
+        let long = vec!["é".repeat(1000)];
+        let text = bounded_list(&long, 3);
+        assert!(text.len() <= 256 && text.ends_with("..."), "{}", text.len());
+    }
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()

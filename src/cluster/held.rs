@@ -5,7 +5,7 @@
 //! The gate uses it so that the objects of one cluster are switched together
 //! or not at all; the release controller uses it to know what to release.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,11 @@ struct Part {
     synced: bool,
     held: BTreeMap<ObjectKey, HeldObject>,
     relist: Option<BTreeMap<ObjectKey, HeldObject>>,
+    /// Every object of the kind the watch has shown (held or not): a
+    /// review about any other object makes no state (no local hold note, no
+    /// Event), since anyone who reaches the webhook can post one.
+    seen: BTreeSet<ObjectKey>,
+    relist_seen: BTreeSet<ObjectKey>,
 }
 
 /// The held records of one cluster.
@@ -176,8 +181,21 @@ impl HeldRegistry {
         })
     }
 
-    /// This process answered a (non-dry-run) hold for `key`.
+    /// Whether the watch of `key`'s kind has shown that object.
+    pub fn has_seen(&self, key: &ObjectKey) -> bool {
+        self.part(key.kind)
+            .read()
+            .expect("held lock")
+            .seen
+            .contains(key)
+    }
+
+    /// This process answered a (non-dry-run) hold for `key`, an object its
+    /// watch has shown (others are not noted: see `Part::seen`).
     pub fn note_local_hold(&self, key: ObjectKey) {
+        if !self.has_seen(&key) {
+            return;
+        }
         let mut local = self.local.lock().expect("held lock");
         let now = Instant::now();
         local.retain(|_, at| now.duration_since(*at) < LOCAL_HOLD_TTL);
@@ -272,12 +290,14 @@ impl crate::cluster::watch::Store<DynamicObject> for KindStore {
         self.with(|p| {
             p.synced = false;
             p.relist = Some(BTreeMap::new());
+            p.relist_seen.clear();
         });
     }
 
     fn relist_apply(&self, obj: DynamicObject) {
+        let mut p = self.registry.part(self.kind).write().expect("held lock");
+        p.relist_seen.insert(key_of(self.kind, &obj));
         if let Some((k, h)) = held_entry(self.kind, &obj) {
-            let mut p = self.registry.part(self.kind).write().expect("held lock");
             p.relist.get_or_insert_with(BTreeMap::new).insert(k, h);
         }
     }
@@ -285,6 +305,7 @@ impl crate::cluster::watch::Store<DynamicObject> for KindStore {
     fn relist_done(&self) {
         self.with(|p| {
             p.held = p.relist.take().unwrap_or_default();
+            p.seen = std::mem::take(&mut p.relist_seen);
             p.synced = true;
         });
     }
@@ -298,12 +319,15 @@ impl crate::cluster::watch::Store<DynamicObject> for KindStore {
         if entry.is_some() {
             self.registry.forget_local_hold(&key);
         }
-        self.with(|p| match entry {
-            Some((k, h)) => {
-                p.held.insert(k, h);
-            }
-            None => {
-                p.held.remove(&key);
+        self.with(|p| {
+            p.seen.insert(key.clone());
+            match entry {
+                Some((k, h)) => {
+                    p.held.insert(k, h);
+                }
+                None => {
+                    p.held.remove(&key);
+                }
             }
         });
     }
@@ -313,6 +337,7 @@ impl crate::cluster::watch::Store<DynamicObject> for KindStore {
         self.registry.forget_local_hold(&key);
         self.with(|p| {
             p.held.remove(&key);
+            p.seen.remove(&key);
         });
     }
 
@@ -328,6 +353,7 @@ impl crate::cluster::watch::Store<DynamicObject> for KindStore {
         self.with(|p| {
             p.synced = true;
             p.held.clear();
+            p.seen.clear();
             p.relist = None;
         });
     }
@@ -421,11 +447,20 @@ mod tests {
             CalicoKindName::ConfigMap,
             &obj(Some("kube-system"), "calico-config", true),
         );
+        // Not shown by its watch yet: a review about it makes no state
+        // (anyone may post one, for any name).
+        r.note_local_hold(cm.clone());
+        assert_eq!(r.held().unwrap().len(), 0, "unseen: not noted");
+        let ghost = key_of(CalicoKindName::IPPool, &obj(None, "ghost-0", false));
+        r.note_local_hold(ghost.clone());
+        assert!(r.held().unwrap().is_empty() && !r.has_seen(&ghost));
+        let store = r.store(CalicoKind::ConfigMap);
+        store.apply(obj(Some("kube-system"), "calico-config", false));
+        assert!(r.has_seen(&cm));
         r.note_local_hold(cm.clone());
         assert_eq!(r.held().unwrap().len(), 1);
         // An event without the record (older than the hold, or the update
         // failed later) does not drop the note: it lasts its TTL.
-        let store = r.store(CalicoKind::ConfigMap);
         store.apply(obj(Some("kube-system"), "calico-config", false));
         assert_eq!(r.held().unwrap().len(), 1);
         // The event with the record takes over from the note.

@@ -188,7 +188,11 @@ impl GardenerState {
         if ok {
             return None;
         }
-        tracing::warn!(shoot = %path.namespace, with_token = path.token.is_some(), "request on a shoot path without its token: refused");
+        tracing::warn!(
+            shoot = path.namespace.as_str(),
+            with_token = path.token.is_some(),
+            "request on a shoot path without its token: refused"
+        );
         Some(
             (
                 StatusCode::FORBIDDEN,
@@ -264,11 +268,14 @@ pub fn review(
             (body, Some((shoot, outcome)))
         }
         Target::Unguarded => {
-            tracing::debug!(shoot = %namespace, "review of a shoot whose guard is off: admitted");
+            tracing::debug!(
+                shoot = namespace,
+                "review of a shoot whose guard is off: admitted"
+            );
             (unjudged(bytes, None), None)
         }
         Target::Refuse(why) => {
-            tracing::warn!(shoot = %namespace, %why, "review refused");
+            tracing::warn!(shoot = namespace, why = why.as_str(), "review refused");
             (unjudged(bytes, Some(&why)), None)
         }
     }

@@ -398,14 +398,17 @@ pub async fn shutdown_signal() {
 pub fn log_review(outcome: &Outcome, elapsed: Duration, shoot: Option<&str>) {
     tracing::info!(
         shoot = shoot.unwrap_or(""),
-        uid = %outcome.uid,
-        kind = %outcome.kind,
-        object = %outcome.object,
+        // Values from the request as strings, not Display: escaped in both
+        // log formats (a newline or an escape sequence in a name cannot
+        // forge a log line or drive a terminal).
+        uid = outcome.uid.as_str(),
+        kind = outcome.kind.as_str(),
+        object = outcome.object.as_str(),
         operation = outcome.operation,
         dry_run = outcome.dry_run,
         decision = outcome.decision.as_str(),
         verdict = outcome.verdict,
-        message = outcome.message.as_deref().unwrap_or(""),
+        why = outcome.message.as_deref().unwrap_or(""),
         duration_us = elapsed.as_micros() as u64,
         "admission review"
     );
@@ -421,9 +424,9 @@ pub fn log_node_status(o: &node_status::NodeOutcome, elapsed: Duration, shoot: O
         let (written, kept) = (o.written.clone().unwrap_or_default(), o.kept.clone());
         tracing::debug!(
             shoot,
-            uid = %o.uid,
-            node = %o.node,
-            user = %o.user,
+            uid = o.uid.as_str(),
+            node = o.node.as_str(),
+            user = o.user.as_str(),
             dry_run = o.dry_run,
             verdict = o.verdict,
             written_status = written.status.as_deref().unwrap_or(""),
@@ -433,8 +436,87 @@ pub fn log_node_status(o: &node_status::NodeOutcome, elapsed: Duration, shoot: O
             "NetworkUnavailable write not applied"
         );
     } else if matches!(o.verdict, "unreadable" | "malformed") {
-        tracing::warn!(shoot, uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, "node status review passed unchanged");
+        tracing::warn!(
+            shoot,
+            uid = o.uid.as_str(),
+            node = o.node.as_str(),
+            user = o.user.as_str(),
+            verdict = o.verdict,
+            why = o.why.as_str(),
+            "node status review passed unchanged"
+        );
     } else {
-        tracing::debug!(shoot, uid = %o.uid, node = %o.node, user = %o.user, verdict = o.verdict, why = %o.why, duration_us, "node status review");
+        tracing::debug!(
+            shoot,
+            uid = o.uid.as_str(),
+            node = o.node.as_str(),
+            user = o.user.as_str(),
+            verdict = o.verdict,
+            why = o.why.as_str(),
+            duration_us,
+            "node status review"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A name from the request with a newline and a terminal escape: one
+    /// log line, escaped, in both formats.
+    #[test]
+    fn strings_from_the_request_cannot_forge_log_lines() {
+        let outcome = Outcome {
+            uid: "u\nfake=1".into(),
+            kind: "IPPool".into(),
+            object: "ghost\n2026-11-29T00:00:00Z  INFO forged line\u{1b}[31m".into(),
+            operation: "UPDATE",
+            dry_run: false,
+            decision: crate::metrics::Decision::Held,
+            verdict: "held",
+            message: Some("why\r\nnot".into()),
+            key: None,
+            object_uid: None,
+        };
+        for json in [false, true] {
+            let buf = Buffer::default();
+            let out = buf.clone();
+            let builder = tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .with_ansi(false);
+            let dispatch: tracing::Dispatch = if json {
+                builder.json().flatten_event(true).finish().into()
+            } else {
+                builder.finish().into()
+            };
+            tracing::dispatcher::with_default(&dispatch, || {
+                log_review(&outcome, Duration::from_micros(5), Some("shoot--x\ny"));
+            });
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            assert_eq!(text.lines().count(), 1, "json={json}: {text}");
+            assert!(
+                !text.contains('\u{1b}') && !text.contains('\r'),
+                "json={json}: {text:?}"
+            );
+            assert!(
+                text.contains("forged line"),
+                "the value is kept, escaped: {text}"
+            );
+        }
     }
 }

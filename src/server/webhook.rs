@@ -28,7 +28,8 @@ pub struct Outcome {
     pub verdict: &'static str,
     /// Why, when held or refused.
     pub message: Option<String>,
-    /// The Calico object, and its uid, for events.
+    /// The Calico object, and its uid, for events: only an object its
+    /// watch has shown (a review about another makes no Event).
     pub key: Option<ObjectKey>,
     pub object_uid: Option<String>,
 }
@@ -176,7 +177,7 @@ impl Webhook {
             .and_then(|m| m.pointer(hold::held_pointer(kind)));
 
         let key = settings.key(kind, &req.name);
-        outcome.key = Some(key.clone());
+        outcome.key = self.cluster.held.has_seen(&key).then(|| key.clone());
         outcome.object_uid = old
             .pointer("/metadata/uid")
             .and_then(serde_json::Value::as_str)
