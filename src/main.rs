@@ -139,6 +139,10 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 ips
             };
+            anyhow::ensure!(
+                days >= 1,
+                "--days {days}: a certificate must be valid for at least one day"
+            );
             let bundle = certs::generate(&dns, &ips, days)?;
             let paths = certs::write(&bundle, &out_dir)?;
             eprintln!(

@@ -94,3 +94,19 @@ fn serve_refuses_a_key_that_does_not_fit_the_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("do not fit together"), "{err}");
 }
+
+#[test]
+fn certs_refuses_a_validity_under_a_day() {
+    for days in ["--days=0", "--days=-5"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["certs", days, "--out-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{days}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at least one day"), "{err}");
+        assert!(!dir.path().join("tls.crt").exists(), "nothing written");
+    }
+}

@@ -536,3 +536,130 @@ async fn large_reviews_at_once_wait_for_the_body_budget_and_are_all_answered() {
     }
     r.shutdown().await;
 }
+
+/// The kubelet's update of a mounted Secret: files are symlinks through
+/// `..data` to a timestamped directory; `..data` is swapped atomically.
+fn kubelet_publish(
+    dir: &std::path::Path,
+    n: u32,
+    b: &overlay_switch_webhook::server::certs::Bundle,
+) {
+    let ts = dir.join(format!("..2026_11_29_01_00_0{n}.{n}"));
+    std::fs::create_dir(&ts).unwrap();
+    std::fs::write(ts.join("tls.crt"), &b.tls_cert_pem).unwrap();
+    std::fs::write(ts.join("tls.key"), &b.tls_key_pem).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(ts.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if n == 0 {
+        for f in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
+        }
+    }
+}
+
+/// Whether a new TLS connection that trusts only `ca_pem` succeeds.
+async fn handshake_trusting(port: u16, ca_pem: &str) -> bool {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .is_ok()
+}
+
+/// Three rotations the kubelet way, served to new connections within the
+/// reload interval each; a connection opened before them keeps working.
+#[tokio::test]
+async fn rotations_of_a_mounted_secret_are_served_and_open_connections_stay() {
+    use tokio::io::AsyncWriteExt as _;
+    let gen_ = || {
+        overlay_switch_webhook::server::certs::generate(
+            &["localhost".into()],
+            &["127.0.0.1".parse().unwrap()],
+            1,
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = gen_();
+    kubelet_publish(dir.path(), 0, &first);
+    let files = overlay_switch_webhook::server::tls::CertFiles::load(
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+    )
+    .unwrap();
+    let tls = files.server_config().unwrap();
+    tokio::spawn(files.clone().watch(Duration::from_millis(200)));
+    let state = AppState::new(Cluster::new(Settings::default()), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server::serve_tls(
+        listener,
+        Arc::new(tls),
+        server::webhook_router(state),
+        std::future::pending(),
+        Duration::from_secs(1),
+        server::limits::Limits::default(),
+    ));
+    let r = Running {
+        port,
+        ca_pem: first.ca_cert_pem.clone(),
+        url: String::new(),
+        admin: String::new(),
+        client: reqwest::Client::new(),
+        stop: None,
+        task: None,
+    };
+    let mut open = raw_tls(&r).await;
+    for n in 1..=3 {
+        let next = gen_();
+        kubelet_publish(dir.path(), n, &next);
+        let served_within = tokio::time::timeout(Duration::from_secs(10), async {
+            while !handshake_trusting(port, &next.ca_cert_pem).await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            served_within.is_ok(),
+            "rotation {n} served to new connections"
+        );
+        assert!(
+            !handshake_trusting(port, &first.ca_cert_pem).await,
+            "the old certificate is no longer served"
+        );
+        // The connection opened before every rotation still answers.
+        open.write_all(b"GET /nothing HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        // One whole response (a 404 without a body): up to its blank line.
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n_read = tokio::io::AsyncReadExt::read(&mut open, &mut byte)
+                .await
+                .unwrap();
+            assert_eq!(n_read, 1, "rotation {n}: the open connection was closed");
+            got.push(byte[0]);
+        }
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 404"),
+            "rotation {n}: the open connection still answers: {got:?}"
+        );
+    }
+    assert_eq!(files.reload_failures(), 0);
+}

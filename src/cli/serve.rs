@@ -337,10 +337,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     });
 
-    let state = AppState::with_node_status(
+    let state = AppState::build(
         cluster.clone(),
         Some(on_outcome),
         NodeStatusGuard::new(args.calico_node_users.clone()),
+        |r| certs.register(r),
     );
     let mut release_lease = None;
     if args.release {

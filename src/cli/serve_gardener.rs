@@ -118,6 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let (mut registry, metrics) = crate::metrics::registry();
     let gauges = ShootGauges::register(&mut registry);
+    certs.register(&mut registry);
     let config = ShootConfig {
         settings: args.cluster.settings(),
         access: g.access.access(),

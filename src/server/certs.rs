@@ -91,6 +91,18 @@ pub fn issue(
     ips: &[IpAddr],
     validity: std::time::Duration,
 ) -> anyhow::Result<(String, String)> {
+    let end = OffsetDateTime::now_utc() + to_time(validity)?;
+    issue_until(ca, dns, ips, end)
+}
+
+/// A serving certificate valid from five minutes ago until `end` (which
+/// may be in the past: an ended certificate, for tests of refusal).
+pub fn issue_until(
+    ca: &Ca,
+    dns: &[String],
+    ips: &[IpAddr],
+    end: OffsetDateTime,
+) -> anyhow::Result<(String, String)> {
     anyhow::ensure!(
         !dns.is_empty() || !ips.is_empty(),
         "a serving certificate needs at least one DNS name or IP address"
@@ -111,7 +123,7 @@ pub fn issue(
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = now - Duration::minutes(5);
-    params.not_after = now + to_time(validity)?;
+    params.not_after = end;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))

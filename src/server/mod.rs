@@ -67,7 +67,19 @@ impl AppState {
         on_outcome: Option<OutcomeHook>,
         node_status: NodeStatusGuard,
     ) -> Arc<Self> {
-        let (registry, metrics) = crate::metrics::registry();
+        Self::build(cluster, on_outcome, node_status, |_| {})
+    }
+
+    /// As [`AppState::with_node_status`]; `more` registers further metrics
+    /// (the serving certificate's).
+    pub fn build(
+        cluster: Arc<crate::cluster::Cluster>,
+        on_outcome: Option<OutcomeHook>,
+        node_status: NodeStatusGuard,
+        more: impl FnOnce(&mut Registry),
+    ) -> Arc<Self> {
+        let (mut registry, metrics) = crate::metrics::registry();
+        more(&mut registry);
         Arc::new(Self {
             webhook: Webhook { cluster, metrics },
             node_status,
