@@ -663,3 +663,103 @@ async fn rotations_of_a_mounted_secret_are_served_and_open_connections_stay() {
     }
     assert_eq!(files.reload_failures(), 0);
 }
+
+/// A TLS handshake (and one request) with an optional client certificate;
+/// whether the server answered.
+async fn answered_with_client_cert(port: u16, ca_pem: &str, client: Option<(&str, &str)>) -> bool {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+    else {
+        return false;
+    };
+    // TLS 1.3: the server checks the client certificate after the client
+    // thinks the handshake is done; the refusal shows on the first read.
+    if tls
+        .write_all(b"GET /nothing HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).starts_with("HTTP/1.1 404")
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
+    use overlay_switch_webhook::server::certs;
+    let hour = Duration::from_secs(3600);
+    let serving =
+        certs::generate(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1).unwrap();
+    let client_ca = certs::make_ca(hour).unwrap();
+    let other_ca = certs::make_ca(hour).unwrap();
+    let (client_cert, client_key) =
+        certs::issue_client(&client_ca, "kube-apiserver", hour).unwrap();
+    let (stranger_cert, stranger_key) =
+        certs::issue_client(&other_ca, "kube-apiserver", hour).unwrap();
+    let ca = overlay_switch_webhook::server::tls::ClientCa::from_pem(
+        client_ca.cert_pem.as_bytes(),
+        "client-ca.pem",
+    )
+    .unwrap();
+    let tls = overlay_switch_webhook::server::tls::server_config_with(
+        serving.tls_cert_pem.as_bytes(),
+        serving.tls_key_pem.as_bytes(),
+        Some(&ca),
+    )
+    .unwrap();
+    let state = AppState::new(Cluster::new(Settings::default()), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server::serve_tls(
+        listener,
+        Arc::new(tls),
+        server::webhook_router(state),
+        std::future::pending(),
+        Duration::from_secs(1),
+        server::limits::Limits::default(),
+    ));
+    let ca_pem = serving.ca_cert_pem.as_str();
+    assert!(
+        !answered_with_client_cert(port, ca_pem, None).await,
+        "no client certificate"
+    );
+    assert!(
+        !answered_with_client_cert(port, ca_pem, Some((&stranger_cert, &stranger_key))).await,
+        "a certificate of another CA"
+    );
+    assert!(
+        answered_with_client_cert(port, ca_pem, Some((&client_cert, &client_key))).await,
+        "the client CA's certificate"
+    );
+    // A serving certificate (not for client authentication) is refused too.
+    let (server_cert, server_key) = certs::issue(&client_ca, &["x".into()], &[], hour).unwrap();
+    assert!(!answered_with_client_cert(port, ca_pem, Some((&server_cert, &server_key))).await);
+}

@@ -42,6 +42,12 @@ pub struct ServeArgs {
         required_unless_present = "certificates_secret"
     )]
     pub tls_key_file: Option<PathBuf>,
+    /// Require a client certificate signed by a CA of this PEM file in every
+    /// TLS handshake (mutual TLS): what kube-apiserver presents when its
+    /// `AdmissionConfiguration` names a kubeconfig with a client certificate
+    /// for this webhook. Requests without one are refused in the handshake.
+    #[arg(long, value_name = "FILE", env = "OSW_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// How often the certificate files are checked for rotation.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
@@ -103,6 +109,16 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The client CA of `--client-ca`, loaded.
+    pub fn client_ca(&self) -> anyhow::Result<Option<crate::server::tls::ClientCa>> {
+        let Some(path) = &self.client_ca else {
+            return Ok(None);
+        };
+        let ca = crate::server::tls::ClientCa::load(path).context("loading --client-ca")?;
+        tracing::info!(client_ca = %path.display(), "client certificates required (mutual TLS)");
+        Ok(Some(ca))
+    }
+
     /// The webhook connections' limits.
     pub fn limits(&self) -> crate::server::limits::Limits {
         crate::server::limits::Limits {
@@ -299,7 +315,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("serve needs --tls-cert-file and --tls-key-file");
     };
     let certs = CertFiles::load(cert, key).context("loading the serving certificate")?;
-    let tls = Arc::new(certs.server_config()?);
+    let tls = Arc::new(certs.server_config_with(args.client_ca()?.as_ref())?);
     let client = client(args.kubeconfig.as_deref()).await?;
 
     let cluster = Cluster::new(args.cluster.settings());

@@ -114,7 +114,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let certs =
         CertFiles::load(&cert_file, &key_file).context("loading the serving certificate")?;
-    let tls = Arc::new(certs.server_config()?);
+    let tls = Arc::new(certs.server_config_with(args.client_ca()?.as_ref())?);
 
     let (mut registry, metrics) = crate::metrics::registry();
     let gauges = ShootGauges::register(&mut registry);

@@ -129,6 +129,29 @@ pub fn issue_until(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A client certificate and key (PEM) signed by `ca` for user `common_name`
+/// (extended key usage: client authentication), valid for `validity`: what
+/// kube-apiserver presents to a webhook that requires mutual TLS.
+pub fn issue_client(
+    ca: &Ca,
+    common_name: &str,
+    validity: std::time::Duration,
+) -> anyhow::Result<(String, String)> {
+    let now = OffsetDateTime::now_utc();
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + to_time(validity)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// Makes a CA (valid twice `days`) and a serving certificate signed by it
 /// (valid `days`) for the given DNS names and IP addresses.
 pub fn generate(dns: &[String], ips: &[IpAddr], days: i64) -> anyhow::Result<Bundle> {

@@ -38,6 +38,8 @@ pub enum TlsError {
     Mismatch(rustls::Error),
     #[error("building TLS config: {0}")]
     Config(rustls::Error),
+    #[error("client CA: {0}")]
+    ClientCa(String),
     #[error("the certificate {path} ended at {not_after} (it is expired)")]
     Expired { path: String, not_after: String },
 }
@@ -70,21 +72,84 @@ pub fn certified_key_from_pem(
     CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Mismatch)
 }
 
-fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, TlsError> {
+fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_ca: Option<&ClientCa>,
+) -> Result<ServerConfig, TlsError> {
     // Safe defaults of rustls: TLS 1.2 and 1.3 only.
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(TlsError::Config)?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                ca.roots.clone(),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
+/// The CAs a client certificate must chain to (`serve --client-ca`): with
+/// it, the server requires and verifies a client certificate in every TLS
+/// handshake, as kube-apiserver presents one when its
+/// `AdmissionConfiguration` gives it a kubeconfig for this webhook.
+#[derive(Debug, Clone)]
+pub struct ClientCa {
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl ClientCa {
+    pub fn from_pem(pem: &[u8], origin: &str) -> Result<ClientCa, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|source| TlsError::Cert {
+                path: origin.to_string(),
+                source,
+            })?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::ClientCa(format!("{origin}: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::NoCert {
+                path: origin.to_string(),
+            });
+        }
+        Ok(ClientCa {
+            roots: Arc::new(roots),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<ClientCa, TlsError> {
+        let pem = std::fs::read(path).map_err(|e| TlsError::Cert {
+            path: path.display().to_string(),
+            source: rustls_pki_types::pem::Error::Io(e),
+        })?;
+        Self::from_pem(&pem, &path.display().to_string())
+    }
+}
+
 /// A server config for fixed PEM text (tests, and the `certs` self-check).
 pub fn server_config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, TlsError> {
+    server_config_with(cert_pem, key_pem, None)
+}
+
+/// As [`server_config_from_pem`], requiring client certificates of `client_ca`.
+pub fn server_config_with(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca: Option<&ClientCa>,
+) -> Result<ServerConfig, TlsError> {
     let key = certified_key_from_pem(cert_pem, key_pem, ("<memory>", "<memory>"))?;
-    server_config(Arc::new(FixedCert(Arc::new(key))))
+    server_config(Arc::new(FixedCert(Arc::new(key))), client_ca)
 }
 
 #[derive(Debug)]
@@ -243,7 +308,16 @@ impl CertFiles {
     }
 
     pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
-        server_config(self.clone())
+        server_config(self.clone(), None)
+    }
+
+    /// As [`CertFiles::server_config`], requiring client certificates of
+    /// `client_ca` when given.
+    pub fn server_config_with(
+        self: &Arc<Self>,
+        client_ca: Option<&ClientCa>,
+    ) -> Result<ServerConfig, TlsError> {
+        server_config(self.clone(), client_ca)
     }
 }
 

@@ -258,6 +258,8 @@ pub struct ApiServer {
     process: Option<Child>,
     /// From spawning it until it was ready.
     startup: Duration,
+    /// Flags added to the defaults (e.g. `--admission-control-config-file`).
+    extra_args: Vec<String>,
 }
 
 impl ApiServer {
@@ -280,6 +282,7 @@ impl ApiServer {
             etcd_prefix: etcd_prefix.to_owned(),
             process: None,
             startup: Duration::ZERO,
+            extra_args: Vec::new(),
         }
     }
 
@@ -337,6 +340,7 @@ impl ApiServer {
             // Saves bootstrapping the flow-control objects.
             .arg("--enable-priority-and-fairness=false")
             .arg("--profiling=false")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log_file(&self.log_path())?)
             .stderr(log_file(&self.log_path())?);
@@ -705,6 +709,15 @@ impl ControlPlane {
     /// [`ApiServer::stop`] or by dropping it (drop it before the control
     /// plane, whose etcd it needs). About 300 MB each.
     pub fn start_apiserver(&self, etcd_prefix: &str) -> anyhow::Result<ApiServer> {
+        self.start_apiserver_with(etcd_prefix, &[])
+    }
+
+    /// As [`Self::start_apiserver`], with `extra_args` added to its flags.
+    pub fn start_apiserver_with(
+        &self,
+        etcd_prefix: &str,
+        extra_args: &[String],
+    ) -> anyhow::Result<ApiServer> {
         anyhow::ensure!(
             etcd_prefix.starts_with('/')
                 && etcd_prefix.len() > 1
@@ -729,6 +742,7 @@ impl ControlPlane {
                 port,
                 etcd_prefix,
             );
+            api.extra_args = extra_args.to_vec();
             api.spawn(&self.bin, self.etcd_port)?;
             std::fs::write(
                 api.dir.join("pids"),
