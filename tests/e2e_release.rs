@@ -11,7 +11,6 @@ use e2e_support::*;
 
 const CANCEL: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-cancel";
 const FORCE: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-force";
-const SA: &str = "system:serviceaccount:overlay-switch-webhook:overlay-switch-webhook";
 
 /// The control plane with manifests/ applied for real (namespace, SA, RBAC),
 /// and our server running as that ServiceAccount, so the RBAC is proven
@@ -359,67 +358,6 @@ fn two_replicas_release_once_with_one_consistent_result() {
         .filter(|l| l.starts_with("OverlaySwitchReleased"))
         .count();
     assert_eq!(released, 1);
-}
-
-#[test]
-fn the_service_account_may_do_exactly_what_the_release_needs() {
-    let env = start_as_service_account(&["--release=false"]);
-    env.install_ippool_crd();
-    let can = |args: &[&str]| -> bool {
-        let mut a = vec!["auth", "can-i"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["--as", SA]);
-        env.kubectl_raw(&a).1.trim() == "yes"
-    };
-    for allowed in [
-        &["watch", "nodes"][..],
-        &["list", "namespaces"],
-        &["patch", "namespaces"],
-        &["update", "daemonsets.apps", "-n", "kube-system"],
-        &["update", "configmaps", "-n", "kube-system"],
-        &["update", "ippools.crd.projectcalico.org"],
-        &["create", "events.events.k8s.io", "-n", "kube-system"],
-        &[
-            "get",
-            "leases.coordination.k8s.io/overlay-switch-webhook-release",
-            "-n",
-            "kube-system",
-        ],
-        &[
-            "update",
-            "leases.coordination.k8s.io/overlay-switch-webhook-release",
-            "-n",
-            "kube-system",
-        ],
-        &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
-    ] {
-        assert!(can(allowed), "should be allowed: {allowed:?}");
-    }
-    for denied in [
-        &["update", "nodes"][..],
-        &["delete", "daemonsets.apps", "-n", "kube-system"],
-        &["update", "deployments.apps", "-n", "kube-system"],
-        &["get", "secrets", "-n", "kube-system"],
-        &["create", "configmaps", "-n", "kube-system"],
-        &["delete", "ippools.crd.projectcalico.org"],
-        // The release lease only: not another component's, not elsewhere.
-        &[
-            "update",
-            "leases.coordination.k8s.io/kube-controller-manager",
-            "-n",
-            "kube-system",
-        ],
-        &["list", "leases.coordination.k8s.io", "-n", "kube-system"],
-        &[
-            "delete",
-            "leases.coordination.k8s.io/overlay-switch-webhook-release",
-            "-n",
-            "kube-system",
-        ],
-        &["create", "leases.coordination.k8s.io", "-n", "default"],
-    ] {
-        assert!(!can(denied), "should be denied: {denied:?}");
-    }
 }
 
 /// The `release pass` debug line that preceded the release, if any: what woke it.
