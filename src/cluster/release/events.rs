@@ -63,6 +63,14 @@ impl EventLimiter {
             self.last
                 .retain(|_, (at, _)| now.duration_since(*at) < HELD_EVENT_INTERVAL);
         }
+        if self.last.len() >= Self::MAX_ENTRIES {
+            // All recent: the oldest half goes (at worst an Event repeats
+            // sooner), never more than the bound is kept.
+            let mut times: Vec<Instant> = self.last.values().map(|(at, _)| *at).collect();
+            times.sort_unstable();
+            let cut = times[times.len() / 2];
+            self.last.retain(|_, (at, _)| *at > cut);
+        }
         self.last.insert(k, (now, note.to_string()));
         true
     }
@@ -125,6 +133,31 @@ mod tests {
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey::sample_daemonset(name)
+    }
+
+    #[test]
+    fn the_limiter_never_keeps_more_than_its_bound() {
+        let mut l = EventLimiter::default();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(600);
+        // Ten thousand distinct objects within one interval: all recent.
+        for i in 0..10_000u64 {
+            let t = t0 + Duration::from_millis(i);
+            assert!(l.allow(&key(&format!("o{i}")), "OverlaySwitchHeld", "n", every, t));
+            assert!(
+                l.last.len() <= EventLimiter::MAX_ENTRIES,
+                "{i}: {}",
+                l.last.len()
+            );
+        }
+        // The newest are still remembered.
+        assert!(!l.allow(
+            &key("o9999"),
+            "OverlaySwitchHeld",
+            "n",
+            every,
+            t0 + Duration::from_secs(11)
+        ));
     }
 
     #[test]
