@@ -3,6 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 CARGO        ?= cargo
+# Builds use the versions in Cargo.lock, never newer ones.
+LOCKED       ?= --locked
+# make fuzz: how long, in seconds.
+FUZZ_SECONDS ?= 300
 BIN          := target/debug/overlay-switch-webhook
 CERTS_DIR    ?= certs/out
 LISTEN_PORT  ?= 9443
@@ -10,10 +14,10 @@ METRICS_PORT ?= 8080
 # e2e tests each start their own kube-apiserver + etcd; two at a time fit 2 cores.
 TEST_THREADS ?= 2
 
-.PHONY: build test unit e2e certs run lint fmt controlplane helm webhook-config demo demo-gardener chart dev-up dev-down bench clean
+.PHONY: build test unit e2e fuzz certs run lint fmt controlplane helm webhook-config demo demo-gardener chart dev-up dev-down bench clean
 
 build:
-	$(CARGO) build
+	$(CARGO) build $(LOCKED)
 
 ## Control plane for tests: kube-apiserver, etcd, kubectl built from the Go
 ## module proxy (or $KUBEBUILDER_ASSETS), cached outside the checkout.
@@ -26,15 +30,20 @@ helm:
 
 ## Everything: unit, property, integration and e2e tests.
 test: controlplane helm
-	$(CARGO) test --lib --bins --tests -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test $(LOCKED) --lib --bins --tests -- --test-threads=$(TEST_THREADS)
 
 ## Unit and property tests only (no control plane).
 unit:
-	$(CARGO) test --lib --bins
+	$(CARGO) test $(LOCKED) --lib --bins
 
 ## Tests against the real kube-apiserver only.
 e2e: controlplane
-	$(CARGO) test --test 'e2e_*' -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test $(LOCKED) --test 'e2e_*' -- --test-threads=$(TEST_THREADS)
+
+## The review path fuzzed for $(FUZZ_SECONDS) s (a seed from the clock; a
+## short fixed-seed run is part of `make test`).
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test $(LOCKED) --release --test fuzz_review -- --nocapture
 
 certs: build
 	$(BIN) certs --out-dir $(CERTS_DIR)
@@ -49,7 +58,7 @@ run: build
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy $(LOCKED) --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -75,7 +84,7 @@ dev-down:
 	@scripts/demo.sh down
 
 bench: controlplane
-	$(CARGO) bench
+	$(CARGO) bench $(LOCKED)
 
 clean:
 	$(CARGO) clean

@@ -103,7 +103,12 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
 
     // The rest of manifests/ is valid for the API server (kustomize's
     // namespace for those without one).
-    for f in ["deployment.yaml", "service.yaml", "pdb.yaml", "networkpolicy.yaml"] {
+    for f in [
+        "deployment.yaml",
+        "service.yaml",
+        "pdb.yaml",
+        "networkpolicy.yaml",
+    ] {
         let path = repo("manifests").join(f);
         cp.kubectl_ok(
             &[

@@ -302,6 +302,34 @@ impl Webhook {
         if let Some(w) = damaged {
             resp.warnings.get_or_insert_with(Vec::new).push(w);
         }
+        // A patch that does not apply to the object would fail the request
+        // with an unclear API server error: refuse it with a clear one
+        // instead (nothing is changed, nothing lost). Found by fuzzing: an
+        // object whose metadata or held part is not an object.
+        if let Some(why) = resp.patch.as_deref().and_then(|p| patch_misfit(p, new)) {
+            let mut outcome = outcome;
+            outcome.decision = Decision::Error;
+            outcome.verdict = "refused";
+            let msg = format!(
+                "overlay-switch-webhook cannot change this object as it must ({why}); the object is not what a {} should look like",
+                req.kind.kind
+            );
+            outcome.message = Some(msg.clone());
+            return (AdmissionResponse::from(req).deny(msg), outcome);
+        }
         (resp, outcome)
     }
+}
+
+/// Why the serialized JSON patch `patch` does not apply to `object` (`None`
+/// when it does).
+fn patch_misfit(patch: &[u8], object: &serde_json::Value) -> Option<String> {
+    let patch: json_patch::Patch = match serde_json::from_slice(patch) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("the patch cannot be read: {e}")),
+    };
+    let mut copy = object.clone();
+    json_patch::patch(&mut copy, &patch)
+        .err()
+        .map(|e| e.to_string())
 }
