@@ -123,3 +123,137 @@ fn manifests_and_webhook_configurations_are_valid_for_the_api_server() {
         );
     }
 }
+
+/// SIGTERM while reviews stream in over keep-alive connections: `/readyz`
+/// turns unready while the webhook still answers (so endpoints drop the pod
+/// first), every request that gets an answer gets a whole, valid one, every
+/// request sent before the listener closes succeeds, and the server exits 0.
+#[test]
+fn sigterm_under_load_turns_unready_first_and_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    const DELAY: Duration = Duration::from_secs(2);
+    let mut env = Env::start(&["--shutdown-delay", "2s", "--shutdown-drain", "5s"]);
+    env.calico_cluster(&[("node-a", Cond::Routed), ("node-b", Cond::None)], true);
+    let mut review = update_review(
+        &fixture_json("gardener-calico/overlay-ipip/ippool-default-ipv4.yaml"),
+        &fixture_json(NATIVE_POOL),
+    );
+    review["request"]["dryRun"] = serde_json::json!(true);
+    let body = review.to_string();
+    let ca = std::fs::read(env.server.certs.join("ca.crt")).unwrap();
+    let url = format!("https://127.0.0.1:{}/mutate", env.server.port);
+    let stop = Arc::new(AtomicBool::new(false));
+    // (sent at, answered at, outcome): Ok(()) a whole held answer, Err(why).
+    type Log = Vec<(Instant, Instant, Result<(), String>)>;
+    let log: Arc<Mutex<Log>> = Arc::default();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (ca, url, body, stop, log) = (
+                ca.clone(),
+                url.clone(),
+                body.clone(),
+                stop.clone(),
+                log.clone(),
+            );
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let client = reqwest::Client::builder()
+                        .use_rustls_tls()
+                        .tls_built_in_root_certs(false)
+                        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = Instant::now();
+                        let outcome = match client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await
+                        {
+                            Err(e) => Err(format!("no answer: {e}")),
+                            Ok(r) if r.status() != 200 => Err(format!("status {}", r.status())),
+                            Ok(r) => match r.json::<serde_json::Value>().await {
+                                Ok(v)
+                                    if v["response"]["allowed"] == true
+                                        && v["response"]["patch"].is_string() =>
+                                {
+                                    Ok(())
+                                }
+                                Ok(v) => Err(format!("answer not a hold: {v}")),
+                                Err(e) => Err(format!("answer cut: {e}")),
+                            },
+                        };
+                        let failed = outcome.is_err();
+                        log.lock().unwrap().push((sent, Instant::now(), outcome));
+                        if failed {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                });
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = env.server.pid();
+    let term = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Unready while still serving.
+    let unready_at = eventually("/readyz unready", Duration::from_secs(2), || {
+        http_get(env.server.metrics_port, "/readyz")
+            .filter(|(s, _)| *s == 503)
+            .map(|_| Instant::now())
+    });
+    let status = env.server.stop().expect("the server was running");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(status.success(), "exit: {status}");
+    let log = log.lock().unwrap();
+    let ok_after_unready = log
+        .iter()
+        .filter(|(sent, _, o)| *sent > unready_at && o.is_ok())
+        .count();
+    assert!(
+        ok_after_unready > 0,
+        "reviews answered while unready: the endpoints drop the pod first"
+    );
+    let close = term + DELAY;
+    let mut before_close = 0;
+    for (sent, answered, outcome) in log.iter() {
+        match outcome {
+            Ok(()) => {}
+            // Before the listener closed: every request succeeds.
+            Err(why) if *answered < close => {
+                panic!(
+                    "a review failed {:?} after SIGTERM, before the drain: {why}",
+                    answered.duration_since(term)
+                )
+            }
+            // After: only a refused connection, never a cut or wrong answer.
+            Err(why) => assert!(why.starts_with("no answer"), "{why}"),
+        }
+        if *sent < close {
+            before_close += 1;
+        }
+    }
+    eprintln!(
+        "{} reviews, {before_close} sent before the listener closed, {ok_after_unready} answered while unready, exit {status}",
+        log.len()
+    );
+}

@@ -100,27 +100,4 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
-
-    // The rest of manifests/ is valid for the API server (kustomize's
-    // namespace for those without one).
-    for f in [
-        "deployment.yaml",
-        "service.yaml",
-        "pdb.yaml",
-        "networkpolicy.yaml",
-    ] {
-        let path = repo("manifests").join(f);
-        cp.kubectl_ok(
-            &[
-                "apply",
-                "--dry-run=server",
-                "-n",
-                "overlay-switch-webhook",
-                "-f",
-                path.to_str().unwrap(),
-            ],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{f}: {e:#}"));
-    }
 }
