@@ -38,45 +38,6 @@ fn setup(extra: &[&str]) -> Env {
     env
 }
 
-fn apply_native(env: &Env) {
-    for f in NATIVE {
-        let (ok, _, err) = env.apply(f, &[]);
-        assert!(ok, "{f}: {err}");
-        assert!(err.contains("overlay switch held"), "{f} not held: {err}");
-    }
-}
-
-fn ds(env: &Env) -> serde_json::Value {
-    env.get_json(&["-n", "kube-system", "daemonset", "calico-node"])
-}
-
-fn has_record(obj: &serde_json::Value) -> bool {
-    obj.pointer("/metadata/annotations")
-        .and_then(|a| a.as_object())
-        .is_some_and(|a| a.contains_key(INTENT))
-}
-
-fn records(env: &Env) -> usize {
-    [
-        env.get_json(&["-n", "kube-system", "configmap", "calico-config"]),
-        env.get_json(&["ippool", "default-ipv4-ippool"]),
-        ds(env),
-    ]
-    .iter()
-    .filter(|o| has_record(o))
-    .count()
-}
-
-fn native_everywhere(env: &Env) -> bool {
-    env.get(
-        &["-n", "kube-system", "configmap", "calico-config"],
-        "{.data.calico_backend}",
-    ) == "none"
-        && env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}") == "Never"
-        && env_value(&ds(env), "CALICO_IPV4POOL_IPIP").as_deref() == Some("Never")
-        && records(env) == 0
-}
-
 fn events(env: &Env, ns: &str, name: &str) -> String {
     env.kubectl(&[
         "get",

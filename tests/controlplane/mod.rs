@@ -786,6 +786,24 @@ impl ControlPlane {
 
     /// The first API server (etcd prefix [`DEFAULT_ETCD_PREFIX`]), which
     /// the methods below are about.
+    /// Kills the first kube-apiserver (SIGKILL, as a crash; etcd keeps
+    /// everything): clients see their connections reset and refused.
+    pub fn kill_apiserver(&mut self) {
+        self.api.kill();
+    }
+
+    /// Starts the first kube-apiserver again after [`Self::kill_apiserver`],
+    /// on the same port, certificates, token and etcd (so every kubeconfig
+    /// stays valid), and waits until it is ready.
+    pub fn start_apiserver_again(&mut self) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.api.spawn(&self.bin, self.etcd_port)?;
+        self.write_pids()?;
+        let etcd_log = self.etcd_log();
+        let ControlPlane { etcd, api, .. } = self;
+        api.wait_ready(t, || check_exited("etcd", etcd, &etcd_log), &etcd_log)
+    }
+
     pub fn api(&self) -> &ApiServer {
         &self.api
     }

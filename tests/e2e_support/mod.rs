@@ -1456,3 +1456,49 @@ pub fn warnings_of(response: &serde_json::Value) -> String {
         })
         .unwrap_or_default()
 }
+
+// --- Held switches, as stored ---
+
+/// calico-node as stored.
+pub fn ds(env: &Env) -> serde_json::Value {
+    env.get_json(&["-n", "kube-system", "daemonset", "calico-node"])
+}
+
+/// Whether `obj` carries a held-switch record.
+pub fn has_record(obj: &serde_json::Value) -> bool {
+    obj.pointer("/metadata/annotations")
+        .and_then(|a| a.as_object())
+        .is_some_and(|a| a.contains_key(INTENT))
+}
+
+/// How many of the three Calico objects carry a record.
+pub fn records(env: &Env) -> usize {
+    [
+        env.get_json(&["-n", "kube-system", "configmap", "calico-config"]),
+        env.get_json(&["ippool", "default-ipv4-ippool"]),
+        ds(env),
+    ]
+    .iter()
+    .filter(|o| has_record(o))
+    .count()
+}
+
+/// calico-config, the IPPool and calico-node all native, no record left.
+pub fn native_everywhere(env: &Env) -> bool {
+    env.get(
+        &["-n", "kube-system", "configmap", "calico-config"],
+        "{.data.calico_backend}",
+    ) == "none"
+        && env.get(&["ippool", "default-ipv4-ippool"], "{.spec.ipipMode}") == "Never"
+        && env_value(&ds(env), "CALICO_IPV4POOL_IPIP").as_deref() == Some("Never")
+        && records(env) == 0
+}
+
+/// Applies the native calico-config, IPPool and calico-node; each is held.
+pub fn apply_native(env: &Env) {
+    for f in NATIVE {
+        let (ok, _, err) = env.apply(f, &[]);
+        assert!(ok, "{f}: {err}");
+        assert!(err.contains("overlay switch held"), "{f} not held: {err}");
+    }
+}
