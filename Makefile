@@ -59,6 +59,8 @@ run: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(LOCKED) --all-targets -- -D warnings
+	@command -v cargo-deny >/dev/null || { echo "cargo-deny is needed: cargo install --locked cargo-deny" >&2; exit 1; }
+	$(CARGO) deny check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all
