@@ -83,6 +83,24 @@ impl Store<DynamicObject> for ExtensionStore {
     fn lost(&self) {}
 }
 
+/// For this long after start, a shoot whose state is merely not learned
+/// yet (no problem seen) keeps the condition it has, so that a restart of
+/// the server does not flip every Shoot's condition to Unknown for a moment.
+const STARTUP_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether shoot `namespace`'s state is only not learned yet: no Cluster
+/// view yet, not checked since start, or its watches starting without a
+/// problem.
+pub fn settling(shoots: &Shoots, namespace: &str) -> bool {
+    match shoots.get(namespace) {
+        None => shoots.known_clear(namespace).is_none(),
+        Some(shoot) => {
+            let c = &shoot.cluster;
+            !c.synced() && c.health.problem().is_none()
+        }
+    }
+}
+
 /// What the server knows of shoot `namespace`, in the condition's terms.
 pub fn shoot_state(shoots: &Shoots, namespace: &str) -> ShootState {
     let Some(shoot) = shoots.get(namespace) else {
@@ -147,7 +165,8 @@ pub async fn run(
         Arc::new(Health::default()),
     ));
     let _abort = AbortOnDrop(watch);
-    let mut last_health = tokio::time::Instant::now() - interval;
+    let started = tokio::time::Instant::now();
+    let mut last_health = started - interval;
     loop {
         let objects: Vec<(String, Value)> = lock(&store.objects)
             .iter()
@@ -163,6 +182,9 @@ pub async fn run(
         if last_health.elapsed() >= interval {
             last_health = tokio::time::Instant::now();
             for (ns, obj) in &objects {
+                if started.elapsed() < STARTUP_GRACE && settling(&shoots, ns) {
+                    continue;
+                }
                 if let Err(error) = report_health(&seed, &shoots, ns, obj).await {
                     tracing::warn!(shoot = %ns, %error, "cannot write the Extension's health condition");
                 }
