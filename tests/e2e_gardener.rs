@@ -291,8 +291,12 @@ fn one_server_in_the_seed_guards_the_shoots_whose_cluster_says_so() {
             (status == "True" && reason == "OverlaySwitchNotHeld").then_some(())
         },
     );
-    // A migration and a restore are answered too (no state to carry).
-    for (op, answered) in [("migrate", "Migrate"), ("restore", "Restore")] {
+    // A migration and a restore are answered too (no state to carry),
+    // several times in a row: each request is asked right after the last
+    // one is answered, before the server's watch may have shown its own
+    // answer (a stale answer once removed the next request's annotation).
+    let rounds = [("migrate", "Migrate"), ("restore", "Restore")].repeat(3);
+    for (op, answered) in rounds {
         g.seed().kubectl(&[
             "-n",
             A,

@@ -166,6 +166,7 @@ pub async fn run(
     ));
     let _abort = AbortOnDrop(watch);
     let started = tokio::time::Instant::now();
+    let mut answered: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut last_health = started - interval;
     loop {
         let objects: Vec<(String, Value)> = lock(&store.objects)
@@ -173,10 +174,22 @@ pub async fn run(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (ns, obj) in &objects {
-            if wants_answer(obj)
-                && let Err(error) = answer_operation(&seed, ns, obj).await
-            {
-                tracing::warn!(shoot = %ns, %error, "cannot answer the Extension's operation; retrying");
+            // The watch may not have shown our own answer yet: the same
+            // version of the object is not answered twice.
+            let version = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from);
+            if !wants_answer(obj) || version.is_some() && answered.get(ns) == Some(&version) {
+                continue;
+            }
+            match answer_operation(&seed, ns, obj).await {
+                Ok(()) => {
+                    answered.insert(ns.clone(), version);
+                }
+                Err(error) => {
+                    tracing::warn!(shoot = %ns, %error, "cannot answer the Extension's operation; retrying")
+                }
             }
         }
         if last_health.elapsed() >= interval {
@@ -225,23 +238,49 @@ async fn answer_operation(seed: &Client, ns: &str, obj: &Value) -> Result<(), ku
         .and_then(Value::as_str)
         .unwrap_or(EXTENSION_TYPE)
         .to_string();
-    let remove_annotation = json!({"metadata": {"annotations": {OPERATION_ANNOTATION: null}}});
-    let has_annotation = obj
+    let asked = obj
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(OPERATION_ANNOTATION))
-        .is_some();
+        .and_then(Value::as_str)
+        .map(String::from);
+    // Removes the operation annotation only while it still asks what was
+    // answered: gardenlet may already ask for the next operation (a restore
+    // right after a migration), and that request must not be lost.
+    let remove_annotation = |value: String| {
+        let path = format!(
+            "/metadata/annotations/{}",
+            OPERATION_ANNOTATION.replace('~', "~0").replace('/', "~1")
+        );
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": path, "value": value},
+            {"op": "remove", "path": path},
+        ]))
+        .expect("a static JSON patch");
+        let api = api.clone();
+        let name = name.clone();
+        async move {
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+            {
+                Ok(_) => Ok(true),
+                // The test failed: the annotation asks something else now.
+                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
     match op {
         Operation::Wait => return Ok(()),
         // No finalizer of ours holds a deletion: nothing to clean up.
         Operation::Delete => return Ok(()),
         // A reconcile's annotation goes first, a migration's or restore's last.
-        Operation::Create | Operation::Reconcile if has_annotation => {
-            api.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&remove_annotation),
-            )
-            .await?;
+        Operation::Create | Operation::Reconcile => {
+            if let Some(v) = asked.clone()
+                && !remove_annotation(v).await?
+            {
+                return Ok(()); // answered when the new request is seen
+            }
         }
         _ => {}
     }
@@ -251,13 +290,10 @@ async fn answer_operation(seed: &Client, ns: &str, obj: &Value) -> Result<(), ku
         &Patch::Merge(&answer(obj, op, &now())),
     )
     .await?;
-    if matches!(op, Operation::Migrate | Operation::Restore) && has_annotation {
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&remove_annotation),
-        )
-        .await?;
+    if matches!(op, Operation::Migrate | Operation::Restore)
+        && let Some(v) = asked
+    {
+        remove_annotation(v).await?;
     }
     tracing::info!(shoot = %ns, operation = op.as_str(), "Extension operation answered");
     Ok(())
