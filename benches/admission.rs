@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use overlay_switch_webhook::cluster::{Cluster, Settings};
-use overlay_switch_webhook::server::{self, AppState};
+use overlay_switch_webhook::server::AppState;
 use serde_json::{Value, json};
 
 /// Counts live heap bytes, for the memory figures.
@@ -132,34 +132,6 @@ fn route_cache_figures() {
     );
 }
 
-fn load(rel: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let docs: Vec<Value> = text
-        .split("\n---")
-        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
-        .map(|d| serde_yaml::from_str(d).unwrap())
-        .collect();
-    docs.into_iter().next().unwrap()
-}
-
-fn review_body() -> Vec<u8> {
-    let old = load("gardener-calico/overlay-ipip/daemonset-calico-node.yaml");
-    let new = load("gardener-calico/native/daemonset-calico-node.yaml");
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "b1", "kind": {"group": "apps", "version": "v1", "kind": "DaemonSet"},
-            "resource": {"group": "apps", "version": "v1", "resource": "daemonsets"},
-            "name": "calico-node", "namespace": "kube-system", "operation": "UPDATE",
-            "userInfo": {"username": "bench"}, "object": new, "oldObject": old, "dryRun": false
-        }
-    }))
-    .unwrap()
-}
-
 /// Median and p99 of `n` timed runs of `f`, after `warm` untimed ones.
 fn measure(n: usize, warm: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     for _ in 0..warm {
@@ -175,6 +147,9 @@ fn measure(n: usize, warm: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     v.sort();
     (v[n / 2], v[n * 99 / 100])
 }
+
+mod common;
+use common::{feed_blocked_cluster, review_body};
 
 fn state(cluster: Arc<Cluster>) -> Arc<AppState> {
     AppState::new(cluster, None)
@@ -215,86 +190,14 @@ fn main() {
     route_cache_figures();
 }
 
-fn feed_blocked_cluster(cluster: &Arc<Cluster>) {
-    use k8s_openapi::api::core::v1::{Namespace, Node};
-    use overlay_switch_webhook::cluster::watch::Store as _;
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "kube-system", "annotations": {
-        "calico.networking.extensions.gardener.cloud/seamless-overlay-switch": "true"}}}))
-        .unwrap();
-    cluster.toggle.relist_begin();
-    cluster.toggle.relist_apply(ns);
-    cluster.toggle.relist_done();
-    cluster.routes.relist_begin();
-    for i in 0..100 {
-        let reason = if i == 7 {
-            "NoRouteCreated"
-        } else {
-            "RouteCreated"
-        };
-        let status = if i == 7 { "True" } else { "False" };
-        let n: Node = serde_json::from_value(json!({"metadata": {"name": format!("node-{i}")},
-            "status": {"conditions": [{"type": "NetworkUnavailable", "status": status, "reason": reason,
-                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
-        .unwrap();
-        cluster.routes.relist_apply(n);
-    }
-    cluster.routes.relist_done();
-    for k in [
-        overlay_switch_webhook::calico::overlay::CalicoKind::ConfigMap,
-        overlay_switch_webhook::calico::overlay::CalicoKind::IpPool,
-        overlay_switch_webhook::calico::overlay::CalicoKind::DaemonSet,
-    ] {
-        let s = cluster.held.store(k);
-        s.relist_begin();
-        s.relist_done();
-    }
-}
-
 fn over_tls(body: &[u8], st: Arc<AppState>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let bundle = overlay_switch_webhook::server::certs::generate(
-            &["localhost".into()],
-            &["127.0.0.1".parse().unwrap()],
-            1,
-        )
-        .unwrap();
-        let tls = Arc::new(
-            overlay_switch_webhook::server::tls::server_config_from_pem(
-                bundle.tls_cert_pem.as_bytes(),
-                bundle.tls_key_pem.as_bytes(),
-            )
-            .unwrap(),
-        );
-        let fixed = axum::Router::new().route(
-            "/fixed",
-            axum::routing::post(|_b: axum::body::Bytes| async {
-                ([("content-type", "application/json")], "{}")
-            }),
-        );
-        let router = server::webhook_router(st).merge(fixed);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(server::serve_tls(
-            listener,
-            tls,
-            router,
-            std::future::pending(),
-            Duration::from_secs(1),
-            server::limits::Limits::default(),
-        ));
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(bundle.ca_cert_pem.as_bytes()).unwrap(),
-            )
-            .build()
-            .unwrap();
+        let (port, ca_pem) = common::tls_server(st).await;
+        let client = common::client(&ca_pem, 0);
         let body = body.to_vec();
         let run = |path: &'static str| {
             let client = client.clone();

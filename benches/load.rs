@@ -1,0 +1,199 @@
+//! `make bench` (load): our own load generator (hyper + rustls, through
+//! reqwest) against the webhook over TLS, in this process: N kept-alive
+//! HTTP/1.1 connections sending the 16 KB calico-node review, which is held
+//! with a patch (the most work the webhook does).
+//!
+//! - fixed rate: `LOAD_RATE` requests/s (1,000) for `LOAD_SECONDS` (60; 10
+//!   with `BENCH_QUICK=1`), spread over the connections; each latency is
+//!   measured from the moment its request was due, so a stall counts for
+//!   every request it delays (no coordinated omission). Errors, p50, p99,
+//!   p99.9 and the resident memory each second (start, end, max) are
+//!   reported. The RSS is the process's: server and load generator together.
+//! - closed loop: the same connections back to back for 10 s (3 s quick),
+//!   against the webhook and, as the baseline, a fixed-answer route on the
+//!   same server: requests/s of each and their ratio.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use overlay_switch_webhook::cluster::{Cluster, Settings};
+use overlay_switch_webhook::server::AppState;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// One request; Ok when it was answered 200 with a held review.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    want_patch: bool,
+) -> Result<(), String> {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("status {}", r.status()));
+    }
+    let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+    if want_patch && !bytes.windows(9).any(|w| w == b"\"patch\":\"") {
+        return Err("answer without the hold patch".into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let quick = std::env::var("BENCH_QUICK").is_ok();
+    let connections: usize = env_or("LOAD_CONNECTIONS", 8);
+    let rate: u64 = env_or("LOAD_RATE", 1000);
+    let seconds: u64 = env_or("LOAD_SECONDS", if quick { 10 } else { 60 });
+    let body = Arc::new(common::review_body());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let cluster = Cluster::new(Settings::default());
+        common::feed_blocked_cluster(&cluster);
+        let (port, ca) = common::tls_server(AppState::new(cluster, None)).await;
+        let mutate = format!("https://127.0.0.1:{port}/mutate");
+        let fixed = format!("https://127.0.0.1:{port}/fixed");
+        // One client (and so one kept-alive connection) per worker.
+        let clients: Vec<reqwest::Client> =
+            (0..connections).map(|_| common::client(&ca, 1)).collect();
+
+        // --- Fixed rate. ---
+        println!(
+            "load: {} KB review, held with a patch; {connections} HTTP/1.1 connections; {rate} req/s for {seconds} s",
+            body.len() / 1024
+        );
+        let rss_start = rss_kib();
+        let sampler = tokio::spawn(async move {
+            let mut samples = vec![];
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for _ in 0..=seconds {
+                tick.tick().await;
+                samples.push(rss_kib());
+            }
+            samples
+        });
+        let start = tokio::time::Instant::now() + Duration::from_millis(100);
+        let total = rate * seconds;
+        let per_worker = total / connections as u64;
+        let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
+        let mut tasks = vec![];
+        for (w, client) in clients.iter().cloned().enumerate() {
+            let (url, body) = (mutate.clone(), body.clone());
+            let offset = Duration::from_secs_f64(w as f64 / rate as f64);
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_worker as usize);
+                let mut errors = vec![];
+                for k in 0..per_worker {
+                    let due = start + offset + interval * k as u32;
+                    tokio::time::sleep_until(due).await;
+                    let r = post(&client, &url, &body, true).await;
+                    lat.push(due.elapsed());
+                    if let Err(e) = r {
+                        errors.push(e);
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut lat = vec![];
+        let mut errors = vec![];
+        for t in tasks {
+            let (l, e) = t.await.unwrap();
+            lat.extend(l);
+            errors.extend(e);
+        }
+        let took = start.elapsed();
+        let samples = sampler.await.unwrap();
+        lat.sort();
+        println!(
+            "  fixed rate: {} requests in {:.1?} ({:.0} req/s), {} errors{}",
+            lat.len(),
+            took,
+            lat.len() as f64 / took.as_secs_f64(),
+            errors.len(),
+            errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
+        );
+        println!(
+            "  latency from due time: p50 {:.2?}  p99 {:.2?}  p99.9 {:.2?}  max {:.2?}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999),
+            lat.last().copied().unwrap_or_default()
+        );
+        println!(
+            "  RSS (server + load generator): start {} MiB, end {} MiB, max {} MiB",
+            rss_start / 1024,
+            samples.last().copied().unwrap_or(0) / 1024,
+            samples.iter().max().copied().unwrap_or(0) / 1024
+        );
+
+        // --- Closed loop: held reviews vs a fixed answer. ---
+        let closed = Duration::from_secs(if quick { 3 } else { 10 });
+        let mut rates = vec![];
+        for (name, url, want_patch) in [("fixed answer", &fixed, false), ("webhook (held)", &mutate, true)] {
+            let deadline = Instant::now() + closed;
+            let mut tasks = vec![];
+            for client in &clients {
+                let (client, url, body) = (client.clone(), url.clone(), body.clone());
+                tasks.push(tokio::spawn(async move {
+                    let (mut n, mut e) = (0u64, 0u64);
+                    while Instant::now() < deadline {
+                        match post(&client, &url, &body, want_patch).await {
+                            Ok(()) => n += 1,
+                            Err(_) => e += 1,
+                        }
+                    }
+                    (n, e)
+                }));
+            }
+            let (mut n, mut e) = (0, 0);
+            for t in tasks {
+                let (a, b) = t.await.unwrap();
+                n += a;
+                e += b;
+            }
+            let per_s = n as f64 / closed.as_secs_f64();
+            println!("  closed loop, {name}: {per_s:.0} req/s, {e} errors");
+            rates.push(per_s);
+        }
+        println!(
+            "  ratio webhook/fixed answer: {:.2}",
+            rates[1] / rates[0].max(1.0)
+        );
+    });
+}
