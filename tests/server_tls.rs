@@ -343,19 +343,7 @@ async fn probes_and_metrics_answer() {
 
 /// A raw TLS connection to the server (HTTP/1.1 by ALPN).
 async fn raw_tls(r: &Running) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from_pem_slice(r.ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = client_config(&r.ca_pem, None);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", r.port))
         .await
         .unwrap();
@@ -560,18 +548,7 @@ fn kubelet_publish(
 
 /// Whether a new TLS connection that trusts only `ca_pem` succeeds.
 async fn handshake_trusting(port: u16, ca_pem: &str) -> bool {
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = client_config(ca_pem, None);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -667,28 +644,8 @@ async fn rotations_of_a_mounted_secret_are_served_and_open_connections_stay() {
 /// A TLS handshake (and one request) with an optional client certificate;
 /// whether the server answered.
 async fn answered_with_client_cert(port: u16, ca_pem: &str, client: Option<(&str, &str)>) -> bool {
-    use rustls_pki_types::pem::PemObject as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut cfg = match client {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = client_config(ca_pem, client);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -762,4 +719,31 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
     // A serving certificate (not for client authentication) is refused too.
     let (server_cert, server_key) = certs::issue(&client_ca, &["x".into()], &[], hour).unwrap();
     assert!(!answered_with_client_cert(port, ca_pem, Some((&server_cert, &server_key))).await);
+}
+
+/// A rustls client config trusting `ca_pem`, presenting `client` (a PEM
+/// certificate and key) when given, speaking HTTP/1.1 (ALPN).
+fn client_config(ca_pem: &str, client: Option<(&str, &str)>) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg
 }

@@ -536,10 +536,9 @@ mod tests {
         s
     }
 
-    #[test]
-    fn each_path_is_judged_with_its_own_shoot_only() {
-        let (_, metrics) = crate::metrics::registry();
-        let shoots = Shoots::new(
+    /// Shoots without a seed: their values are inserted by the test.
+    fn unconnected_shoots(metrics: &Metrics) -> Arc<Shoots> {
+        Shoots::new(
             None,
             ShootConfig {
                 settings: Settings::default(),
@@ -549,7 +548,13 @@ mod tests {
                 release: None,
             },
             metrics.clone(),
-        );
+        )
+    }
+
+    #[test]
+    fn each_path_is_judged_with_its_own_shoot_only() {
+        let (_, metrics) = crate::metrics::registry();
+        let shoots = unconnected_shoots(&metrics);
         // A: guarded, but its API server cannot be reached.
         let a = Shoot::detached("shoot--p--a", Settings::default(), metrics.clone());
         a.cluster.toggle.set_guard(Some(true));
@@ -607,17 +612,7 @@ mod tests {
     async fn a_shoots_paths_open_only_with_its_token() {
         use tower::ServiceExt as _;
         let (_, metrics) = crate::metrics::registry();
-        let shoots = Shoots::new(
-            None,
-            ShootConfig {
-                settings: Settings::default(),
-                access: Default::default(),
-                access_refresh: Duration::from_secs(60),
-                watch_timeout: None,
-                release: None,
-            },
-            metrics.clone(),
-        );
+        let shoots = unconnected_shoots(&metrics);
         shoots.insert(synced_shoot("shoot--p--c", true, &metrics));
         let key = PathKey::new(&[3u8; 32]).unwrap();
         let (registry, metrics) = crate::metrics::registry();
