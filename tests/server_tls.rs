@@ -581,17 +581,7 @@ async fn rotations_of_a_mounted_secret_are_served_and_open_connections_stay() {
     .unwrap();
     let tls = files.server_config().unwrap();
     tokio::spawn(files.clone().watch(Duration::from_millis(200)));
-    let state = AppState::new(Cluster::new(Settings::default()), None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(server::serve_tls(
-        listener,
-        Arc::new(tls),
-        server::webhook_router(state),
-        std::future::pending(),
-        Duration::from_secs(1),
-        server::limits::Limits::default(),
-    ));
+    let port = serve_until_dropped(tls).await;
     let r = Running {
         port,
         ca_pem: first.ca_cert_pem.clone(),
@@ -692,17 +682,7 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
         Some(&ca),
     )
     .unwrap();
-    let state = AppState::new(Cluster::new(Settings::default()), None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(server::serve_tls(
-        listener,
-        Arc::new(tls),
-        server::webhook_router(state),
-        std::future::pending(),
-        Duration::from_secs(1),
-        server::limits::Limits::default(),
-    ));
+    let port = serve_until_dropped(tls).await;
     let ca_pem = serving.ca_cert_pem.as_str();
     assert!(
         !answered_with_client_cert(port, ca_pem, None).await,
@@ -746,4 +726,21 @@ fn client_config(ca_pem: &str, client: Option<(&str, &str)>) -> rustls::ClientCo
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg
+}
+
+/// The webhook of an unsynced cluster served with `tls` on a free port, for
+/// the rest of the test; its port.
+async fn serve_until_dropped(tls: rustls::ServerConfig) -> u16 {
+    let state = AppState::new(Cluster::new(Settings::default()), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server::serve_tls(
+        listener,
+        Arc::new(tls),
+        server::webhook_router(state),
+        std::future::pending(),
+        Duration::from_secs(1),
+        server::limits::Limits::default(),
+    ));
+    port
 }
