@@ -65,9 +65,11 @@ impl Reading {
             let since = match prev {
                 // The route counted before, with the same transition: unchanged.
                 Some(p) if p.reported == reported => p.since,
-                // It flapped between two events (or while the watch was
-                // broken): counts from the new transition, bounded by now.
-                Some(p) => p.since.max(given),
+                // Another transition time: the route was lost and
+                // re-created between two events (or while the watch was
+                // broken). We did not see when: it counts from now, so that
+                // a controller clock behind ours cannot shorten the settle.
+                Some(_) => now,
                 // The first list: the node's own transition time.
                 None if first_list => given,
                 // Seen appearing, live or in a re-list after a broken
@@ -268,13 +270,37 @@ impl RouteCache {
 
     /// A node added or changed (like [`Self::relist_apply`], any node type).
     pub fn apply(&self, node: impl Into<RouteNode>) {
+        self.apply_at(node, Timestamp::now());
+    }
+
+    /// [`Self::apply`] seen at `now` (simulations drive the clock).
+    pub fn apply_at(&self, node: impl Into<RouteNode>, now: Timestamp) {
         let node = node.into();
         let reading = self.read(&node);
         let name = node.name_any();
-        let now = Timestamp::now();
         self.update(|i| {
             let entry = reading.resolve(i.nodes.get(&name), false, now);
             i.upsert(name, entry);
+        });
+    }
+
+    /// The list in progress completed at `now` (the watch calls
+    /// [`crate::cluster::watch::Store::relist_done`]; simulations drive the
+    /// clock).
+    pub fn relist_done_at(&self, now: Timestamp) {
+        self.update(|i| {
+            let listed = i.relist.take().unwrap_or_default();
+            let first_list = !i.listed_before;
+            i.nodes = listed
+                .into_iter()
+                .map(|(name, reading)| {
+                    let entry = reading.resolve(i.nodes.get(&name), first_list, now);
+                    (name, entry)
+                })
+                .collect();
+            i.listed_before = true;
+            i.rebuild();
+            i.synced = true;
         });
     }
 
@@ -298,21 +324,7 @@ impl crate::cluster::watch::Store<RouteNode> for RouteCache {
     }
 
     fn relist_done(&self) {
-        self.update(|i| {
-            let listed = i.relist.take().unwrap_or_default();
-            let now = Timestamp::now();
-            let first_list = !i.listed_before;
-            i.nodes = listed
-                .into_iter()
-                .map(|(name, reading)| {
-                    let entry = reading.resolve(i.nodes.get(&name), first_list, now);
-                    (name, entry)
-                })
-                .collect();
-            i.listed_before = true;
-            i.rebuild();
-            i.synced = true;
-        });
+        self.relist_done_at(Timestamp::now());
     }
 
     fn apply(&self, node: RouteNode) {
@@ -993,12 +1005,15 @@ mod tests {
         let later = (Timestamp::now() + std::time::Duration::from_secs(7200)).to_string();
         c.apply(rnode("b", vec![routed_at(&later)]));
         assert!(c.snapshot(1).all_routed_since.unwrap() <= Timestamp::now());
-        // A changed transition time in the past but after our since: a flap
-        // we did not see as events, it counts from then.
+        // A changed transition time in the past: a flap we did not see as
+        // events. When it happened is the node's word only, so it counts
+        // from our observation (a controller clock behind ours cannot
+        // shorten the settle).
         let c = RouteCache::new(DEFAULT_REASON);
         listed(&c, vec![node("a", Some(("False", "RouteCreated", 1)))]);
+        let before = Timestamp::now();
         c.apply(node("a", Some(("False", "RouteCreated", 1000))));
-        assert_eq!(since(&c, "a"), Timestamp::from_second(1000).unwrap());
+        assert!(since(&c, "a") >= before);
     }
 
     fn listed_raw(cache: &RouteCache, nodes: Vec<RouteNode>) {
@@ -1243,9 +1258,14 @@ mod props {
             let entry = reading.resolve(prev.as_ref(), first_list, now);
             if let Ok(r) = &entry.route {
                 prop_assert!(r.since <= now);
-                // Never earlier than a route already counted.
+                // The same transition keeps its since; another one (a flap
+                // not seen as events) counts from now, whatever time it gives.
                 if let Some(Ok(p)) = prev.as_ref().map(|p| &p.route) {
-                    prop_assert!(r.since >= p.since.min(now));
+                    if p.reported == r.reported {
+                        prop_assert_eq!(r.since, p.since.min(now));
+                    } else {
+                        prop_assert_eq!(r.since, now);
+                    }
                 } else if !first_list {
                     prop_assert_eq!(r.since, now);
                 }
