@@ -13,6 +13,7 @@
 //! a capped exponential back-off, and at once when a held object's record or
 //! held part changes.
 
+pub mod decision;
 pub mod events;
 pub mod failure;
 pub mod lease;
@@ -32,12 +33,13 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use kube::runtime::events::EventType;
 use kube::{Client, Resource as _};
 
-use crate::cluster::gate::{self, Gate};
+use crate::cluster::gate;
 use crate::cluster::held::{CalicoKindName, HeldObject, ObjectKey};
 use crate::cluster::hold::{self, Record};
 use crate::cluster::toggle::{CANCEL_ANNOTATION, FORCE_ANNOTATION};
 use crate::cluster::{Cluster, configmap_resource, daemonset_resource, ippool_resource};
 use crate::metrics::{FailureClass, FailureLabels, KindLabels, Metrics};
+use decision::{Action, Decision};
 use lease::{InProgress, Marker, ObjectState, Outcome, Progress, ReleaseLease};
 
 /// How many times one object is re-read after a write conflict, per pass.
@@ -144,14 +146,6 @@ pub struct Releaser {
     pub events: Events,
     /// Held by the one replica that releases or cancels.
     pub lease: Arc<ReleaseLease>,
-}
-
-enum Action {
-    /// With the blocking reason when an operator forced it.
-    Release {
-        forced: Option<String>,
-    },
-    Cancel,
 }
 
 impl Releaser {
@@ -282,29 +276,23 @@ impl Releaser {
 
     async fn decide_and_act(&self, report: &mut PassReport) -> Result<(), Stop> {
         let toggle = self.cluster.toggle.get();
-        let Some(held) = self.cluster.held.held() else {
-            return Ok(()); // records unknown: do nothing on a guess
-        };
-        if !toggle.synced {
-            return Ok(());
-        }
+        let held = self.cluster.held.held();
         let settle = self.cluster.settings.settle;
         let routes = self
             .cluster
             .routes
             .snapshot(self.cluster.settings.max_named_nodes);
         let gate = gate::routes_gate(&routes, settle, Timestamp::now());
-        let release = match (&gate, toggle.force) {
-            _ if held.is_empty() => None,
-            (Gate::Open, _) => Some(Action::Release { forced: None }),
-            (Gate::Closed(why), true) => Some(Action::Release {
-                forced: Some(why.clone()),
-            }),
-            (Gate::Closed(_), false) => None,
+        // Records or toggle unknown, or nothing to decide: do nothing.
+        let Some(Decision {
+            cancel,
+            release,
+            force,
+        }) = decision::decide(&toggle, held.as_deref(), &gate)
+        else {
+            return Ok(());
         };
-        if !toggle.cancel && !toggle.force && release.is_none() {
-            return Ok(()); // nothing to decide
-        }
+        let held = held.unwrap_or_default();
 
         // From here on this replica decides for the cluster: only while it
         // holds the release lease.
@@ -328,7 +316,7 @@ impl Releaser {
         }
         report.pending = true;
 
-        if toggle.cancel && !self.cancel(&held, report).await? {
+        if cancel && !self.cancel(&held, report).await? {
             report.pending = false;
             return Ok(());
         }
@@ -336,7 +324,7 @@ impl Releaser {
             // Nothing held: a force has nothing to do; honour it once anyway
             // so that it does not linger. (Or a refused cancel while the
             // gate is closed: the release goes on when it opens.)
-            if toggle.force && held.is_empty() {
+            if force && held.is_empty() {
                 self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
             }
             report.pending = false;
@@ -361,12 +349,12 @@ impl Releaser {
         }
         self.renew(Marker::Clear).await?;
         // The force is honoured once: removed when nothing it was for is left.
-        if toggle.force {
+        if force {
             self.clear_namespace_annotation(FORCE_ANNOTATION).await?;
         }
         report.pending = false;
         if !report.released.is_empty() {
-            tracing::info!(released = ?report.released, forced = toggle.force && !gate.is_open(), "held overlay switches released");
+            tracing::info!(released = ?report.released, forced = force && !gate.is_open(), "held overlay switches released");
         }
         Ok(())
     }
