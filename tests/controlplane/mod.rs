@@ -143,6 +143,31 @@ fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
+/// One POST to etcd's JSON gateway on `port` (plain HTTP/1.1 on loopback).
+fn etcd_post(port: u16, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let body = body.to_string();
+    let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).context("connecting to etcd")?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)
+        .context("reading etcd's reply")?;
+    let (head, payload) = reply
+        .split_once("\r\n\r\n")
+        .context("etcd's reply has no body")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "etcd {path}: {head}: {payload}"
+    );
+    // The gateway may answer chunked: the JSON object is the part in braces.
+    let json = &payload[payload.find('{').unwrap_or(0)..=payload.rfind('}').unwrap_or(0)];
+    serde_json::from_str(json).with_context(|| format!("etcd {path}: {payload}"))
+}
+
 fn log_file(path: &Path) -> anyhow::Result<Stdio> {
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -796,6 +821,13 @@ impl ControlPlane {
     /// on the same port, certificates, token and etcd (so every kubeconfig
     /// stays valid), and waits until it is ready.
     pub fn start_apiserver_again(&mut self) -> anyhow::Result<()> {
+        self.start_apiserver_again_with(&[])
+    }
+
+    /// As [`Self::start_apiserver_again`], with `extra_args` added to its
+    /// flags (e.g. `--watch-cache=false`, so that watches go to etcd).
+    pub fn start_apiserver_again_with(&mut self, extra_args: &[String]) -> anyhow::Result<()> {
+        self.api.extra_args = extra_args.to_vec();
         let t = Instant::now();
         self.api.spawn(&self.bin, self.etcd_port)?;
         self.write_pids()?;
@@ -806,6 +838,33 @@ impl ControlPlane {
 
     pub fn api(&self) -> &ApiServer {
         &self.api
+    }
+
+    /// Moves etcd's revision on by `writes` puts of a key no API server
+    /// reads, then compacts etcd's history up to the new revision, through
+    /// etcd's JSON gateway. Any watch resumed from an older resourceVersion
+    /// then fails with 410 Gone. Returns the compacted revision.
+    pub fn compact_etcd(&self, writes: usize) -> anyhow::Result<i64> {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut revision = 0;
+        for i in 0..writes {
+            let reply = etcd_post(
+                self.etcd_port,
+                "/v3/kv/put",
+                &serde_json::json!({"key": b64("/osw-test/bump"), "value": b64(&i.to_string())}),
+            )?;
+            revision = reply["header"]["revision"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .context("etcd put: no revision in its reply")?;
+        }
+        etcd_post(
+            self.etcd_port,
+            "/v3/kv/compaction",
+            &serde_json::json!({"revision": revision.to_string(), "physical": true}),
+        )?;
+        Ok(revision)
     }
 
     /// The admin kubeconfig (token in group system:masters).
