@@ -84,7 +84,7 @@ fn nu(status: &str, reason: &str) -> Value {
 }
 
 fn yaml(rel: &str) -> Value {
-    serde_yaml::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
+    serde_saphyr::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
 }
 
 /// A dry-run review of calico-node's DaemonSet going from IPIP to native.

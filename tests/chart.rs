@@ -44,10 +44,9 @@ fn render(extra: &[&str]) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| {
-            serde_yaml::from_value::<Value>(serde::Deserialize::deserialize(d).unwrap()).unwrap()
-        })
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -146,7 +145,7 @@ fn the_rendered_server_runs_as_the_charts_service_account_with_the_charts_rights
     cp.kubectl_ok(&["create", "namespace", NS], None).unwrap();
     let yaml: String = docs
         .iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .map(|d| format!("---\n{}", serde_saphyr::to_string(d).unwrap()))
         .collect();
     // Every object is valid for a real API server...
     cp.kubectl_ok(&["apply", "--dry-run=server", "-f", "-"], Some(&yaml))
@@ -165,7 +164,7 @@ fn the_rendered_server_runs_as_the_charts_service_account_with_the_charts_rights
             ]
             .contains(&d["kind"].as_str().unwrap_or(""))
         })
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .map(|d| format!("---\n{}", serde_saphyr::to_string(d).unwrap()))
         .collect();
     cp.kubectl_ok(&["apply", "-f", "-"], Some(&rbac)).unwrap();
     let token = cp
@@ -175,12 +174,12 @@ fn the_rendered_server_runs_as_the_charts_service_account_with_the_charts_rights
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
+    let admin: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
     let mut sa = admin.clone();
-    sa["users"][0]["user"] = serde_yaml::from_str(&format!("token: {}", token.trim())).unwrap();
+    sa["users"][0]["user"] = serde_json::json!({ "token": token.trim() });
     let kubeconfig = dir.path().join("sa-kubeconfig");
-    std::fs::write(&kubeconfig, serde_yaml::to_string(&sa).unwrap()).unwrap();
+    std::fs::write(&kubeconfig, serde_saphyr::to_string(&sa).unwrap()).unwrap();
 
     // A shoot namespace with an annotated Cluster (no shoot API server: the
     // registration needs none).

@@ -305,7 +305,7 @@ mod tpl {
                     Value::String(render(env, body, d)?)
                 }
                 ("toYaml", [v]) => {
-                    let y = serde_yaml::to_string(v).map_err(|err| err.to_string())?;
+                    let y = serde_saphyr::to_string(v).map_err(|err| err.to_string())?;
                     Value::String(y.trim_end_matches('\n').to_string())
                 }
                 ("indent", [k, v]) => Value::String(indent(n(k)?, &s(v)?)),
@@ -361,9 +361,9 @@ impl Chart {
     /// The chart's objects with its values and `overrides` merged in, as
     /// Gardener installs it: into the release namespace NS.
     fn render(&self, overrides: Value) -> Result<Vec<Value>, String> {
-        let mut values: Value = serde_yaml::from_str(&self.files["values.yaml"]).unwrap();
+        let mut values: Value = serde_saphyr::from_str(&self.files["values.yaml"]).unwrap();
         merge(&mut values, overrides);
-        let chart: Value = serde_yaml::from_str(&self.files["Chart.yaml"]).unwrap();
+        let chart: Value = serde_saphyr::from_str(&self.files["Chart.yaml"]).unwrap();
         let root = json!({
             "Values": values,
             "Release": {"Name": "overlay-switch-webhook-x7k2p", "Namespace": NS, "Service": "Helm"},
@@ -387,10 +387,9 @@ impl Chart {
         let mut docs = Vec::new();
         for (name, nodes) in parsed.iter().filter(|(n, _)| !n.starts_with("templates/_")) {
             let out = tpl::render(&env, nodes, &root).map_err(|e| format!("{name}: {e}"))?;
-            for d in serde_yaml::Deserializer::from_str(&out) {
-                let v = serde_yaml::Value::deserialize(d)
-                    .map_err(|e| format!("{name} renders invalid YAML: {e}\n{out}"))?;
-                let v: Value = serde_yaml::from_value(v).map_err(|e| format!("{name}: {e}"))?;
+            let rendered: Vec<Value> = serde_saphyr::from_multiple(&out)
+                .map_err(|e| format!("{name} renders invalid YAML: {e}\n{out}"))?;
+            for v in rendered {
                 if !v.is_null() {
                     docs.push(v);
                 }
@@ -399,8 +398,6 @@ impl Chart {
         Ok(docs)
     }
 }
-
-use serde::Deserialize as _;
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -1017,7 +1014,7 @@ fn check(docs: &[Value], help: &Help, values: &Value) -> Vec<String> {
 
 /// The chart rendered with `overrides` and checked; the problems.
 fn problems(chart: &Chart, overrides: Value) -> Vec<String> {
-    let mut values: Value = serde_yaml::from_str(&chart.files["values.yaml"]).unwrap();
+    let mut values: Value = serde_saphyr::from_str(&chart.files["values.yaml"]).unwrap();
     merge(&mut values, overrides.clone());
     match chart.render(overrides) {
         Ok(docs) => check(&docs, &serve_help(), &values),
@@ -1252,7 +1249,7 @@ fn make_chart_packages_the_chart_folder_reproducibly() {
 }
 
 fn yaml(rel: &str) -> Value {
-    serde_yaml::from_str(&read(&repo(rel))).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    serde_saphyr::from_str(&read(&repo(rel))).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 #[test]
@@ -1283,7 +1280,7 @@ fn the_registration_examples_agree() {
     );
     assert!(dep["helm"]["rawChart"].is_string());
     // The example values are values the chart has.
-    let values: Value = serde_yaml::from_str(&Chart::load().files["values.yaml"]).unwrap();
+    let values: Value = serde_saphyr::from_str(&Chart::load().files["values.yaml"]).unwrap();
     for example in [
         &dep["helm"]["values"],
         &op["spec"]["deployment"]["extension"]["values"],

@@ -294,7 +294,7 @@ fn reapplying_the_desired_object_while_held_keeps_the_intent_and_releases_it_who
         intent(&d).is_none().then_some(d)
     });
     let native: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(fixture(NATIVE_DS)).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(fixture(NATIVE_DS)).unwrap()).unwrap();
     let want = template(&native);
     let got = template(&released);
     for (path, name) in [

@@ -19,7 +19,7 @@ pub fn load(rel: &str) -> Value {
     let docs: Vec<Value> = text
         .split("\n---")
         .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
-        .map(|d| serde_yaml::from_str(d).unwrap())
+        .map(|d| serde_saphyr::from_str(d).unwrap())
         .collect();
     docs.into_iter().next().unwrap()
 }

@@ -142,12 +142,12 @@ mod tests {
         vec![crate::server::node_status::DEFAULT_CALICO_NODE_USER.to_string()]
     }
 
-    fn hooks(yaml: &str) -> Vec<serde_yaml::Value> {
-        let docs: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
-        docs["webhooks"].as_sequence().unwrap().clone()
+    fn hooks(yaml: &str) -> Vec<serde_json::Value> {
+        let docs: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        docs["webhooks"].as_array().unwrap().clone()
     }
 
-    fn is_node_status(h: &serde_yaml::Value) -> bool {
+    fn is_node_status(h: &serde_json::Value) -> bool {
         h["name"] == "node-status.overlay-switch.gardener.cloud"
     }
 

@@ -590,12 +590,12 @@ pub fn sa_kubeconfig(cp: &ControlPlane, dir: &Path, resources: &[(&str, &str)]) 
 /// The admin kubeconfig with its user replaced by a bearer token.
 pub fn kubeconfig_with_token(cp: &ControlPlane, dir: &Path, name: &str, token: &str) -> PathBuf {
     let admin = std::fs::read_to_string(cp.kubeconfig()).unwrap();
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
-    for user in kc["users"].as_sequence_mut().unwrap() {
-        user["user"] = serde_yaml::from_str(&format!("token: {token}")).unwrap();
+    let mut kc: serde_json::Value = serde_saphyr::from_str(&admin).unwrap();
+    for user in kc["users"].as_array_mut().unwrap() {
+        user["user"] = serde_json::json!({ "token": token });
     }
     let path = dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&kc).unwrap()).unwrap();
     path
 }
 
@@ -1293,7 +1293,7 @@ pub fn registered_config_of(secret: &serde_json::Value) -> serde_json::Value {
     let yaml = base64::engine::general_purpose::STANDARD
         .decode(data)
         .unwrap();
-    serde_yaml::from_slice(&yaml).unwrap_or_else(|e| {
+    serde_saphyr::from_slice(&yaml).unwrap_or_else(|e| {
         panic!(
             "{REGISTRATION_KEY} is not one YAML object ({e}):\n{}",
             String::from_utf8_lossy(&yaml)
@@ -1400,7 +1400,7 @@ impl Server {
 /// A fixture as JSON.
 pub fn fixture_json(rel: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(rel)).unwrap();
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 /// An AdmissionReview of an UPDATE from `old` to `new` (one of Calico's
