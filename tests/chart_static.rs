@@ -311,6 +311,18 @@ mod tpl {
                 ("indent", [k, v]) => Value::String(indent(n(k)?, &s(v)?)),
                 ("nindent", [k, v]) => Value::String(format!("\n{}", indent(n(k)?, &s(v)?))),
                 ("quote", [v]) => Value::String(format!("{:?}", s(v)?)),
+                // Helm's `default D V`: V unless it is empty.
+                ("default", [d, v]) => {
+                    let empty = match v {
+                        Value::Null => true,
+                        Value::Bool(b) => !b,
+                        Value::String(x) => x.is_empty(),
+                        Value::Array(a) => a.is_empty(),
+                        Value::Object(o) => o.is_empty(),
+                        Value::Number(n) => n.as_f64() == Some(0.0),
+                    };
+                    if empty { d.clone() } else { v.clone() }
+                }
                 _ => {
                     return Err(format!(
                         "{cmd:?} is not supported here (keep the chart simple)"
@@ -1300,4 +1312,42 @@ fn the_registration_examples_agree() {
             }
         }
     }
+}
+
+/// The image is never a moving tag: the chart's appVersion by default, or
+/// pinned by digest.
+#[test]
+fn the_image_is_the_app_version_or_pinned_by_digest() {
+    let chart = Chart::load();
+    let image = |overrides: Value| {
+        let docs = chart.render(overrides).unwrap();
+        let mut p = Vec::new();
+        let d = one(&docs, "Deployment", &mut p).unwrap();
+        d["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let app: Value = serde_saphyr::from_str(&chart.files["Chart.yaml"]).unwrap();
+    let app = app["appVersion"].as_str().unwrap();
+    assert_eq!(image(json!({})), format!("overlay-switch-webhook:{app}"));
+    assert_eq!(
+        image(json!({"image": {"repository": "r.example/osw", "tag": "0.2.0"}})),
+        "r.example/osw:0.2.0"
+    );
+    let digest = format!("sha256:{}", "a".repeat(64));
+    assert_eq!(
+        image(json!({"image": {"repository": "r.example/osw", "tag": "0.2.0", "digest": digest}})),
+        format!("r.example/osw@{digest}")
+    );
+    // The plain manifests name the crate's version, never `latest`.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(app, version, "Chart.yaml appVersion is the crate's version");
+    let deployment = yaml("manifests/deployment.yaml");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        json!(format!("overlay-switch-webhook:{version}"))
+    );
+    let kustomization = yaml("manifests/kustomization.yaml");
+    assert_eq!(kustomization["images"][0]["newTag"], json!(version));
 }
