@@ -3,7 +3,8 @@
 #
 #   demo  start a local control plane (etcd + kube-apiserver), the webhook and
 #         its registration; create three nodes and the overlay Calico objects;
-#         turn the guard on; show a held switch, the routes arriving one by one,
+#         turn the guard on; show a held switch and a refused pool deletion,
+#         the routes arriving one by one,
 #         and the switch going through by itself; then calico-node restarting
 #         on a node without overwriting its route condition; then clean up.
 #   up    the same environment, left running; prints `export KUBECONFIG=...`.
@@ -160,6 +161,10 @@ demo() {
   bold "Switch to native routing (server-side dry run): held, with a warning"
   say "kubectl apply --dry-run=server -f native/daemonset-calico-node.yaml -o yaml | grep CALICO_IPV4POOL_IPIP -A1"
   kc apply --dry-run=server -f "$fixtures/native/daemonset-calico-node.yaml" -o yaml | grep -A1 'name: CALICO_IPV4POOL_IPIP' || true
+
+  bold "Deleting a pool that still encapsulates would switch its pods too: refused (a DELETE cannot be held)"
+  say "kubectl delete ippool default-ipv4-ippool --dry-run=server"
+  kc delete ippool default-ipv4-ippool --dry-run=server 2>&1 | fold -s -w 120 || true
 
   bold "Now for real: the native configuration is held, and recorded"
   for f in configmap-calico-config ippool-default-ipv4 daemonset-calico-node; do

@@ -16,6 +16,9 @@ pub enum Decision {
     Held,
     /// The request could not be judged (malformed, bad value): refused.
     Error,
+    /// A deletion refused: it would switch pods to native routing while a
+    /// node lacks its route.
+    Refused,
 }
 
 impl Decision {
@@ -24,6 +27,7 @@ impl Decision {
             Decision::Allowed => "allowed",
             Decision::Held => "held",
             Decision::Error => "error",
+            Decision::Refused => "refused",
         }
     }
 }

@@ -449,3 +449,72 @@ fn a_broken_node_watch_holds_until_it_is_listed_again() {
     let (pool, err) = dry_run(&env, NATIVE_POOL);
     assert_eq!(pool["spec"]["ipipMode"], "Never", "{err}");
 }
+
+/// A pool that still encapsulates cannot be deleted while a node lacks its
+/// route: its pods would keep their addresses and lose the tunnel, and a
+/// DELETE cannot be held by a patch. Refused (dry run too) with the
+/// blocking node and what to do; deleted once every node has its route. A
+/// pool without encapsulation, and one the operator forced by annotation,
+/// are deleted at once.
+#[test]
+fn deleting_an_encapsulating_pool_is_refused_until_every_node_has_its_route() {
+    let env = setup(&[("node-a", Cond::Routed), ("node-b", Cond::None)], true);
+    let pool = |name: &str, cidr: &str, ipip: &str, vxlan: &str| {
+        serde_json::json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": name},
+            "spec": {"cidr": cidr, "ipipMode": ipip, "vxlanMode": vxlan,
+                     "natOutgoing": true, "disabled": true}})
+        .to_string()
+    };
+    env.kubectl_in(
+        &["create", "-f", "-"],
+        &pool("native", "10.8.0.0/16", "Never", "Never"),
+    );
+    env.kubectl_in(
+        &["create", "-f", "-"],
+        &pool("vxlan", "10.9.0.0/16", "Never", "CrossSubnet"),
+    );
+    let exists = |name: &str| env.kubectl_raw(&["get", "ippool", name]).0;
+
+    for dry_run in [true, false] {
+        let mut args = vec!["delete", "ippool", "default-ipv4-ippool"];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        let (ok, _, err) = env.kubectl_raw(&args);
+        assert!(!ok, "refused (dry run {dry_run})");
+        eprintln!("delete (dry run {dry_run}): {}", err.trim());
+        for part in [
+            "IPPool default-ipv4-ippool still encapsulates (IPIP Always",
+            "node-b: no NetworkUnavailable condition",
+            "Wait until every node has its route",
+            FORCE_DELETE,
+        ] {
+            assert!(err.contains(part), "{part:?} in: {err}");
+        }
+    }
+    assert!(exists("default-ipv4-ippool"), "not deleted");
+    assert!(env.reviews("IPPool", "Refused", false) >= 1.0);
+    // A disabled pool still encapsulates for the pods it gave addresses to.
+    let (ok, _, err) = env.kubectl_raw(&["delete", "ippool", "vxlan"]);
+    assert!(!ok && err.contains("VXLAN CrossSubnet"), "{err}");
+
+    // Nothing encapsulated: deleted at once.
+    env.kubectl(&["delete", "ippool", "native"]);
+    assert!(!exists("native"));
+    // Forced by the operator: deleted at once.
+    env.kubectl(&[
+        "annotate",
+        "ippool",
+        "vxlan",
+        &format!("{FORCE_DELETE}=true"),
+    ]);
+    env.kubectl(&["delete", "ippool", "vxlan"]);
+    assert!(!exists("vxlan"));
+
+    // Every node has its route: the encapsulating pool is deleted.
+    env.set_node("node-b", Cond::Routed);
+    env.wait_nodes(2, 2);
+    env.kubectl(&["delete", "ippool", "default-ipv4-ippool"]);
+    assert!(!exists("default-ipv4-ippool"));
+}

@@ -486,6 +486,26 @@ pub fn read_pool(obj: &Value, reader: PoolReader) -> OverlayConfig {
     }
 }
 
+/// What a pool still encapsulates, in words (`None` when neither IPIP nor
+/// VXLAN is on): what its deletion would turn off for the pods that keep
+/// addresses from it. Read by both pool readers (the legacy `spec.ipip`
+/// block counts if either Calico generation would honour it); a value that
+/// cannot be read counts as on. `spec.disabled` does not matter: a disabled
+/// pool only takes no new allocations, and the pods that have addresses
+/// from it keep its encapsulation until it is deleted (Calico's docs,
+/// "Migrate from one IP pool to another").
+pub fn pool_encapsulation(obj: &Value) -> Option<String> {
+    let on = |e: &Option<Eff<Encapsulation>>| {
+        e.as_ref()
+            .is_none_or(|e| e.known() != Some(Encapsulation::Never))
+    };
+    [PoolReader::UpToV331, PoolReader::FromV332]
+        .into_iter()
+        .map(|reader| read_pool(obj, reader))
+        .find(|c| on(&c.ipip) || on(&c.vxlan))
+        .map(|c| c.describe())
+}
+
 fn read_configmap(obj: &Value) -> OverlayConfig {
     let source = Setting::Backend.source(CalicoKind::ConfigMap);
     let backend = match obj
@@ -622,6 +642,47 @@ pub fn read_container(container: Option<&Value>, config_map: KnownConfigMap<'_>)
 mod tests {
     use super::*;
     use Encapsulation::{Always, CrossSubnet, Never};
+
+    #[test]
+    fn a_pool_encapsulates_unless_both_modes_are_never_by_either_reader() {
+        let pool = |spec: Value| {
+            json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": "p"}, "spec": spec})
+        };
+        let modes = [None, Some("Never"), Some("Always"), Some("CrossSubnet")];
+        for ipip in modes {
+            for vxlan in modes {
+                for disabled in [false, true] {
+                    let mut spec = json!({"cidr": "10.0.0.0/16", "disabled": disabled});
+                    if let Some(m) = ipip {
+                        spec["ipipMode"] = json!(m);
+                    }
+                    if let Some(m) = vxlan {
+                        spec["vxlanMode"] = json!(m);
+                    }
+                    let on = |m: Option<&str>| matches!(m, Some("Always" | "CrossSubnet"));
+                    assert_eq!(
+                        pool_encapsulation(&pool(spec.clone())).is_some(),
+                        on(ipip) || on(vxlan),
+                        "{spec}"
+                    );
+                }
+            }
+        }
+        // The legacy block, honoured up to v3.31, counts.
+        let legacy =
+            pool(json!({"ipipMode": "Never", "ipip": {"enabled": true, "mode": "always"}}));
+        assert!(pool_encapsulation(&legacy).unwrap().contains("IPIP Always"));
+        // Any other string is no encapsulation to Felix (`pool_mode`); a
+        // value that cannot be read at all counts as on; no spec means
+        // Calico's defaults (Never).
+        assert_eq!(
+            pool_encapsulation(&pool(json!({"ipipMode": "always"}))),
+            None
+        );
+        assert!(pool_encapsulation(&pool(json!({"vxlanMode": 3}))).is_some());
+        assert_eq!(pool_encapsulation(&pool(json!({}))), None);
+    }
     use FelixFlag::{FollowPools, Off, On};
     use proptest::prelude::*;
     use serde_json::{Map, json};

@@ -158,6 +158,38 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
     }
 }
 
+/// What the webhook knows about a DELETE of an IPPool.
+#[derive(Debug, Clone)]
+pub struct PoolDeletion<'a> {
+    pub toggle: Toggle,
+    /// Why the toggle is unknown, when it is (from its source).
+    pub toggle_unknown: &'a str,
+    pub routes: &'a Snapshot,
+    pub settle: Duration,
+    pub now: Timestamp,
+    /// The pool still encapsulates ([`crate::calico::overlay::pool_encapsulation`]).
+    pub encapsulates: bool,
+    /// The pool carries the operator's force-delete annotation.
+    pub forced: bool,
+}
+
+/// A deletion cannot be held by a patch: `Err(why)` when it must be refused
+/// because the pool still encapsulates and not every node has had its route
+/// for the settle time (or that is unknown). Allowed when the pool
+/// encapsulates nothing, the guard is off, or the operator forced it.
+pub fn decide_pool_deletion(d: &PoolDeletion<'_>) -> Result<(), String> {
+    if !d.encapsulates || d.forced || (d.toggle.synced && !d.toggle.guard) {
+        return Ok(());
+    }
+    if !d.toggle.synced {
+        return Err(d.toggle_unknown.into());
+    }
+    match routes_gate(d.routes, d.settle, d.now) {
+        Gate::Open => Ok(()),
+        Gate::Closed(why) => Err(why),
+    }
+}
+
 /// At most `n` names, then how many more (a message that goes into a
 /// warning, an Event or a condition stays short however many there are).
 pub fn bounded_list(names: &[String], n: usize) -> String {
@@ -247,6 +279,52 @@ mod tests {
             others_held: Some(others),
             action: None,
         }
+    }
+
+    #[test]
+    fn an_encapsulating_pool_is_deleted_only_once_every_route_settled() {
+        let unsynced = Snapshot {
+            synced: false,
+            ..routed(0)
+        };
+        let settling = routed(995);
+        let settled = routed(990);
+        let blocked = blocked();
+        let deletion = |routes: &Snapshot, encapsulates, forced, toggle| {
+            decide_pool_deletion(&PoolDeletion {
+                toggle,
+                toggle_unknown: crate::cluster::toggle::NAMESPACE_UNKNOWN,
+                routes,
+                settle: Duration::from_secs(10),
+                now: ts(1000),
+                encapsulates,
+                forced,
+            })
+        };
+        let off = Toggle {
+            guard: false,
+            ..on()
+        };
+        let unknown = Toggle::default();
+        for routes in [&unsynced, &settling, &settled, &blocked] {
+            // Nothing encapsulated, guard off or forced: always allowed.
+            assert_eq!(deletion(routes, false, false, on()), Ok(()));
+            assert_eq!(deletion(routes, true, false, off), Ok(()));
+            assert_eq!(deletion(routes, true, true, on()), Ok(()));
+            assert_eq!(deletion(routes, true, true, unknown), Ok(()));
+            // The guard's state unknown: refused, with why.
+            assert_eq!(
+                deletion(routes, true, false, unknown),
+                Err(crate::cluster::toggle::NAMESPACE_UNKNOWN.into())
+            );
+        }
+        assert_eq!(deletion(&settled, true, false, on()), Ok(()));
+        let why = deletion(&blocked, true, false, on()).unwrap_err();
+        assert!(why.contains("n3: NoRouteCreated"), "{why}");
+        let why = deletion(&settling, true, false, on()).unwrap_err();
+        assert!(why.contains("settling for 5s more"), "{why}");
+        let why = deletion(&unsynced, true, false, on()).unwrap_err();
+        assert!(why.contains("unknown"), "{why}");
     }
 
     #[test]

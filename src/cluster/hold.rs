@@ -31,6 +31,11 @@ pub const REASON_ANNOTATION: &str =
 pub const ACTION_ANNOTATION: &str =
     "calico.networking.extensions.gardener.cloud/overlay-switch-action";
 
+/// `"true"` on an IPPool: its DELETE goes through even while it still
+/// encapsulates and a node lacks its route (the operator's choice).
+pub const FORCE_DELETE_ANNOTATION: &str =
+    "calico.networking.extensions.gardener.cloud/overlay-switch-force-delete";
+
 pub const RECORD_ANNOTATIONS: [&str; 3] = [INTENT_ANNOTATION, SINCE_ANNOTATION, REASON_ANNOTATION];
 
 /// Annotations are limited to 256 KiB in total per object; keep well below.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::admission::{AdmissionResponse, Operation};
 
-use crate::calico::overlay;
+use crate::calico::overlay::{self, CalicoKind};
 use crate::cluster::Cluster;
 use crate::cluster::gate::{self, Situation, Verdict};
 use crate::cluster::held::ObjectKey;
@@ -97,7 +97,13 @@ impl Webhook {
             req.namespace.as_deref(),
             &req.name,
         );
-        // CREATE, DELETE and CONNECT are never held; other objects get no patch.
+        // A DELETE of an IPPool that still encapsulates switches its pods
+        // to native routing without any UPDATE: refused while the gate is
+        // closed (it cannot be held by a patch).
+        if let (Some(CalicoKind::IpPool), Operation::Delete) = (calico, &req.operation) {
+            return self.judge_pool_deletion(review, now, outcome, allow);
+        }
+        // CREATE and CONNECT are never held; other objects get no patch.
         let (Some(kind), Operation::Update) = (calico, &req.operation) else {
             return (allow, outcome);
         };
@@ -318,6 +324,71 @@ impl Webhook {
             return (AdmissionResponse::from(req).deny(msg), outcome);
         }
         (resp, outcome)
+    }
+}
+
+impl Webhook {
+    /// A DELETE of an IPPool: allowed, or refused with what to do.
+    fn judge_pool_deletion(
+        &self,
+        review: &Review,
+        now: Timestamp,
+        mut outcome: Outcome,
+        allow: AdmissionResponse,
+    ) -> (AdmissionResponse, Outcome) {
+        let req = &review.request;
+        let settings = &self.cluster.settings;
+        let name = gate::bounded_list(std::slice::from_ref(&req.name), 1);
+        let Some(old) = &review.old_object else {
+            outcome.decision = Decision::Error;
+            outcome.verdict = "malformed";
+            let msg = "a DELETE review of an IPPool must carry oldObject (the pool being deleted)";
+            outcome.message = Some(msg.into());
+            return (allow.deny(msg), outcome);
+        };
+        let encapsulation = overlay::pool_encapsulation(old);
+        let forced = old
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(hold::FORCE_DELETE_ANNOTATION))
+            .and_then(serde_json::Value::as_str)
+            == Some("true");
+        let routes = self.cluster.routes.snapshot(settings.max_named_nodes);
+        let deletion = gate::PoolDeletion {
+            toggle: self.cluster.toggle.get(),
+            toggle_unknown: self.cluster.toggle.unknown_reason(),
+            routes: &routes,
+            settle: settings.settle,
+            now,
+            encapsulates: encapsulation.is_some(),
+            forced,
+        };
+        match gate::decide_pool_deletion(&deletion) {
+            Ok(()) => {
+                if forced && encapsulation.is_some() {
+                    outcome.verdict = "forced";
+                    outcome.message = Some(format!(
+                        "deletion of IPPool {name} ({}) forced by its annotation",
+                        encapsulation.unwrap_or_default()
+                    ));
+                }
+                (allow, outcome)
+            }
+            Err(why) => {
+                let why = match self.cluster.health.problem() {
+                    Some(problem) if !self.cluster.synced() => format!("{why}; {problem}"),
+                    _ => why,
+                };
+                let msg = format!(
+                    "IPPool {name} still encapsulates ({}): deleting it now would move the pods that have addresses from it to native routing while {why}. Wait until every node has its route and delete it again; to delete it anyway, first run: kubectl annotate ippool {name} {}=true",
+                    encapsulation.unwrap_or_default(),
+                    hold::FORCE_DELETE_ANNOTATION
+                );
+                outcome.decision = Decision::Refused;
+                outcome.verdict = "refused";
+                outcome.message = Some(msg.clone());
+                (allow.deny(msg), outcome)
+            }
+        }
     }
 }
 

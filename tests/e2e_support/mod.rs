@@ -14,6 +14,8 @@ use crate::controlplane::{ApiServer, ControlPlane};
 pub const BIN: &str = env!("CARGO_BIN_EXE_overlay-switch-webhook");
 pub const GUARD: &str = "calico.networking.extensions.gardener.cloud/seamless-overlay-switch";
 pub const INTENT: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-held-intent";
+pub const FORCE_DELETE: &str =
+    "calico.networking.extensions.gardener.cloud/overlay-switch-force-delete";
 pub const SINCE: &str = "calico.networking.extensions.gardener.cloud/overlay-switch-held-since";
 
 /// Gardener's overlay (IPIP) Calico objects, and their native variants in
