@@ -34,7 +34,8 @@ impl Decision {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabels {
-    /// Kind of the reviewed object (DaemonSet, ConfigMap, IPPool, or "unknown").
+    /// Kind of the reviewed object (DaemonSet, ConfigMap, IPPool,
+    /// FelixConfiguration, Node, or "other").
     pub kind: String,
     pub decision: Decision,
     /// "true" for server-side dry-run requests.
@@ -271,7 +272,13 @@ impl Metrics {
 
 /// The kinds the webhook is registered for (the `kind` label's values
 /// besides `other`).
-pub const REVIEWED_KINDS: &[&str] = &["DaemonSet", "ConfigMap", "IPPool", "Node"];
+pub const REVIEWED_KINDS: &[&str] = &[
+    "DaemonSet",
+    "ConfigMap",
+    "IPPool",
+    "FelixConfiguration",
+    "Node",
+];
 
 /// A registry and its metrics, for the server.
 pub fn registry() -> (Registry, Metrics) {

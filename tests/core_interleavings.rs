@@ -333,10 +333,17 @@ impl Sim {
         for o in OBJS {
             sim.relist_objects(o);
         }
-        // calico-config is not modelled: its watch lists nothing.
-        let config_maps = sim.cluster.held.store(CalicoKind::ConfigMap);
-        config_maps.relist_begin();
-        config_maps.relist_done();
+        // The other kinds are not modelled: their watches list nothing.
+        for kind in [
+            CalicoKind::ConfigMap,
+            CalicoKind::IpPoolV3,
+            CalicoKind::FelixConfiguration,
+            CalicoKind::FelixConfigurationV3,
+        ] {
+            let store = sim.cluster.held.store(kind);
+            store.relist_begin();
+            store.relist_done();
+        }
         sim
     }
 

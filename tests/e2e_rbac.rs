@@ -18,6 +18,27 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
     let dir = tempfile::tempdir().unwrap();
     let cp = controlplane::ControlPlane::start().expect("control plane");
     cp.api().install_ippool_crd();
+    // The other install styles' kinds, so that `can-i` resolves them.
+    for crd in [
+        "calico-v3/crd-ippools.projectcalico.org.yaml",
+        "calico-v3/crd-felixconfigurations.crd.projectcalico.org.yaml",
+        "calico-v3/crd-felixconfigurations.projectcalico.org.yaml",
+    ] {
+        cp.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
+            .unwrap();
+    }
+    cp.kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd",
+            "--all",
+        ],
+        None,
+    )
+    .unwrap();
     let _ = manifest_service_account_kubeconfig(&cp, dir.path());
     let can = |args: &[&str]| -> bool {
         let mut full = vec!["auth", "can-i", "--as", SA];
@@ -39,6 +60,15 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
         &["update", "configmaps/calico-config", "-n", "kube-system"],
         &["watch", "ippools.crd.projectcalico.org"],
         &["update", "ippools.crd.projectcalico.org/any-pool"],
+        &["watch", "ippools.projectcalico.org"],
+        &["update", "ippools.projectcalico.org/any-pool"],
+        &["watch", "felixconfigurations.crd.projectcalico.org"],
+        &[
+            "update",
+            "felixconfigurations.crd.projectcalico.org/default",
+        ],
+        &["watch", "felixconfigurations.projectcalico.org"],
+        &["update", "felixconfigurations.projectcalico.org/default"],
         &["create", "events.events.k8s.io", "-n", "kube-system"],
         &["patch", "events.events.k8s.io", "-n", "default"],
         &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
@@ -63,6 +93,10 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
         &["get", "secrets", "-n", "kube-system"],
         &["delete", "ippools.crd.projectcalico.org/any-pool"],
         &["create", "ippools.crd.projectcalico.org"],
+        &["delete", "ippools.projectcalico.org/any-pool"],
+        &["delete", "felixconfigurations.projectcalico.org/default"],
+        &["create", "felixconfigurations.crd.projectcalico.org"],
+        &["update", "bgpconfigurations.crd.projectcalico.org/default"],
         &[
             "create",
             "events.events.k8s.io",

@@ -119,11 +119,7 @@ fn cluster() -> Arc<Cluster> {
         .unwrap(),
     );
     c.toggle.relist_done();
-    for k in [
-        CalicoKind::ConfigMap,
-        CalicoKind::IpPool,
-        CalicoKind::DaemonSet,
-    ] {
+    for k in CalicoKind::ALL {
         let s = c.held.store(k);
         s.relist_begin();
         s.relist_done();

@@ -83,11 +83,7 @@ fn cluster(blocked: bool) -> Arc<Cluster> {
         .unwrap(),
     );
     c.toggle.relist_done();
-    for k in [
-        CalicoKind::ConfigMap,
-        CalicoKind::IpPool,
-        CalicoKind::DaemonSet,
-    ] {
+    for k in CalicoKind::ALL {
         let s = c.held.store(k);
         s.relist_begin();
         s.relist_done();

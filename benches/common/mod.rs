@@ -66,11 +66,7 @@ pub fn feed_blocked_cluster(cluster: &Arc<Cluster>) {
         cluster.routes.relist_apply(n);
     }
     cluster.routes.relist_done();
-    for k in [
-        overlay_switch_webhook::calico::overlay::CalicoKind::ConfigMap,
-        overlay_switch_webhook::calico::overlay::CalicoKind::IpPool,
-        overlay_switch_webhook::calico::overlay::CalicoKind::DaemonSet,
-    ] {
+    for k in overlay_switch_webhook::calico::overlay::CalicoKind::ALL {
         let s = cluster.held.store(k);
         s.relist_begin();
         s.relist_done();

@@ -104,7 +104,45 @@ impl<L: Level> fmt::Display for Eff<L> {
 pub enum CalicoKind {
     DaemonSet,
     ConfigMap,
+    /// `crd.projectcalico.org/v1` (KDD, the CRD Calico up to v3.31 stores).
     IpPool,
+    /// `projectcalico.org/v3` served as a plain CRD (Calico v3.32+ "v3 CRD
+    /// mode"; no v1 object exists then).
+    IpPoolV3,
+    /// `crd.projectcalico.org/v1` FelixConfiguration (any name: `default`
+    /// and the per-node `node.<name>`).
+    FelixConfiguration,
+    /// `projectcalico.org/v3` FelixConfiguration in v3 CRD mode.
+    FelixConfigurationV3,
+}
+
+impl CalicoKind {
+    pub const ALL: [CalicoKind; 6] = [
+        Self::DaemonSet,
+        Self::ConfigMap,
+        Self::IpPool,
+        Self::IpPoolV3,
+        Self::FelixConfiguration,
+        Self::FelixConfigurationV3,
+    ];
+
+    /// The kind's name in Kubernetes (both API groups share it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::DaemonSet => "DaemonSet",
+            Self::ConfigMap => "ConfigMap",
+            Self::IpPool | Self::IpPoolV3 => "IPPool",
+            Self::FelixConfiguration | Self::FelixConfigurationV3 => "FelixConfiguration",
+        }
+    }
+
+    pub const fn is_pool(self) -> bool {
+        matches!(self, Self::IpPool | Self::IpPoolV3)
+    }
+
+    pub const fn is_felix_configuration(self) -> bool {
+        matches!(self, Self::FelixConfiguration | Self::FelixConfigurationV3)
+    }
 }
 
 /// One overlay-bearing setting.
@@ -148,9 +186,17 @@ impl Setting {
     /// Where this setting is read in an object of `kind`, for messages.
     pub const fn source(self, kind: CalicoKind) -> &'static str {
         match (kind, self) {
-            (CalicoKind::IpPool, Self::PoolIpip) => "spec.ipipMode",
-            (CalicoKind::IpPool, Self::PoolVxlan) => "spec.vxlanMode",
+            (CalicoKind::IpPool | CalicoKind::IpPoolV3, Self::PoolIpip) => "spec.ipipMode",
+            (CalicoKind::IpPool | CalicoKind::IpPoolV3, Self::PoolVxlan) => "spec.vxlanMode",
             (CalicoKind::ConfigMap, Self::Backend) => "data.calico_backend",
+            (
+                CalicoKind::FelixConfiguration | CalicoKind::FelixConfigurationV3,
+                Self::FelixIpip,
+            ) => "spec.ipipEnabled",
+            (
+                CalicoKind::FelixConfiguration | CalicoKind::FelixConfigurationV3,
+                Self::FelixVxlan,
+            ) => "spec.vxlanEnabled",
             // Only the DaemonSet states the rest.
             (_, Self::PoolIpip) => "env CALICO_IPV4POOL_IPIP",
             (_, Self::PoolVxlan) => "env CALICO_IPV4POOL_VXLAN",
@@ -277,8 +323,13 @@ impl Context<'_> {
 pub fn read(kind: CalicoKind, obj: &Value, ctx: Context<'_>) -> OverlayConfig {
     match kind {
         CalicoKind::IpPool => read_pool(obj, PoolReader::UpToV331),
+        // Only Calico v3.32+ serves v3 pools as a CRD: the legacy block is ignored.
+        CalicoKind::IpPoolV3 => read_pool(obj, PoolReader::FromV332),
         CalicoKind::ConfigMap => read_configmap(obj),
         CalicoKind::DaemonSet => read_daemonset(obj, ctx),
+        CalicoKind::FelixConfiguration | CalicoKind::FelixConfigurationV3 => {
+            read_felix_configuration(kind, obj)
+        }
     }
 }
 
@@ -506,6 +557,30 @@ pub fn pool_encapsulation(obj: &Value) -> Option<String> {
         .map(|c| c.describe())
 }
 
+/// A FelixConfiguration's `spec.ipipEnabled` / `spec.vxlanEnabled`
+/// ([`values::felix_config_flag`]); `false` turns the tunnel off on every
+/// node it applies to, whatever the pools say.
+fn read_felix_configuration(kind: CalicoKind, obj: &Value) -> OverlayConfig {
+    let spec = obj.get("spec").filter(|s| s.is_object());
+    let flag = |setting: Setting, key: &str| {
+        let raw = spec.and_then(|s| s.get(key));
+        match values::felix_config_flag(raw) {
+            Parsed::Set(l) => Eff::Set(l),
+            Parsed::Unset(l) => Eff::Unset(l),
+            Parsed::Invalid(expected) => Eff::Unreadable(unreadable(
+                setting.source(kind).into(),
+                raw.unwrap_or(&Value::Null),
+                expected,
+            )),
+        }
+    };
+    OverlayConfig {
+        felix_ipip: Some(flag(Setting::FelixIpip, "ipipEnabled")),
+        felix_vxlan: Some(flag(Setting::FelixVxlan, "vxlanEnabled")),
+        ..OverlayConfig::default()
+    }
+}
+
 fn read_configmap(obj: &Value) -> OverlayConfig {
     let source = Setting::Backend.source(CalicoKind::ConfigMap);
     let backend = match obj
@@ -642,6 +717,96 @@ pub fn read_container(container: Option<&Value>, config_map: KnownConfigMap<'_>)
 mod tests {
     use super::*;
     use Encapsulation::{Always, CrossSubnet, Never};
+
+    #[test]
+    fn felix_configuration_flags_lower_as_felix_reads_them_in_both_groups() {
+        // absent/null: Felix follows the pools; true forces the tunnel on;
+        // false turns it off on every node.
+        let values = [
+            None,
+            Some(json!(null)),
+            Some(json!(true)),
+            Some(json!(false)),
+        ];
+        let rank = |v: &Option<Value>| match v {
+            Some(Value::Bool(true)) => 2,
+            Some(Value::Bool(false)) => 0,
+            _ => 1,
+        };
+        for kind in [
+            CalicoKind::FelixConfiguration,
+            CalicoKind::FelixConfigurationV3,
+        ] {
+            for key in ["ipipEnabled", "vxlanEnabled"] {
+                for old in &values {
+                    for new in &values {
+                        let obj = |v: &Option<Value>| {
+                            let mut spec = json!({"logSeverityScreen": "Info"});
+                            if let Some(v) = v {
+                                spec[key] = v.clone();
+                            }
+                            json!({"apiVersion": "crd.projectcalico.org/v1",
+                                "kind": "FelixConfiguration",
+                                "metadata": {"name": "default"}, "spec": spec})
+                        };
+                        let s = detect_switch(kind, &obj(old), &obj(new), Context::NONE).unwrap();
+                        assert_eq!(
+                            s.is_some(),
+                            rank(new) < rank(old),
+                            "{key} {old:?} -> {new:?}"
+                        );
+                        if let Some(s) = s {
+                            assert_eq!(s.reductions[0].source, format!("spec.{key}"));
+                        }
+                    }
+                }
+                // A value no CRD would store: refused when it is new,
+                // passed when the update leaves it as it was.
+                let bad = json!({"spec": {key: "true"}});
+                let good = json!({"spec": {key: true}});
+                assert!(detect_switch(kind, &good, &bad, Context::NONE).is_err());
+                assert_eq!(detect_switch(kind, &bad, &bad, Context::NONE), Ok(None));
+            }
+        }
+    }
+
+    #[test]
+    fn a_v3_pool_is_read_as_calico_from_v3_32_reads_it() {
+        // The legacy block is ignored from v3.32 on, the only Calico that
+        // serves v3 pools as a CRD.
+        let old = json!({"spec": {"cidr": "10.0.0.0/16", "ipipMode": "Never",
+            "ipip": {"enabled": true, "mode": "always"}}});
+        let new = json!({"spec": {"cidr": "10.0.0.0/16", "ipipMode": "Never"}});
+        assert!(
+            detect_switch(CalicoKind::IpPool, &old, &new, Context::NONE)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            detect_switch(CalicoKind::IpPoolV3, &old, &new, Context::NONE),
+            Ok(None)
+        );
+        // Every pair of modes, absent included, as for v1 pools.
+        let modes = [None, Some("Never"), Some("CrossSubnet"), Some("Always")];
+        let rank = |m: &Option<&str>| match m {
+            Some("Always") => 2,
+            Some("CrossSubnet") => 1,
+            _ => 0,
+        };
+        for key in ["ipipMode", "vxlanMode"] {
+            for a in &modes {
+                for b in &modes {
+                    let pool = |m: &Option<&str>| match m {
+                        Some(m) => json!({"spec": {"cidr": "10.0.0.0/16", key: m}}),
+                        None => json!({"spec": {"cidr": "10.0.0.0/16"}}),
+                    };
+                    let s = detect_switch(CalicoKind::IpPoolV3, &pool(a), &pool(b), Context::NONE)
+                        .unwrap();
+                    assert_eq!(s.is_some(), rank(b) < rank(a), "{key} {a:?} -> {b:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_pool_encapsulates_unless_both_modes_are_never_by_either_reader() {

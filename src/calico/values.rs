@@ -172,6 +172,27 @@ pub fn felix_flag(s: &str) -> Parsed<FelixFlag> {
     }
 }
 
+pub const FELIX_CONFIG_FLAG: &str = "true, false or absent (a JSON boolean)";
+
+/// `FelixConfiguration` `spec.ipipEnabled` / `spec.vxlanEnabled`
+/// (`api/pkg/apis/projectcalico/v3/felixconfig.go`: `*bool`,
+/// `confignamev1:"IpInIpEnabled"`; "Optional as Felix determines this based
+/// on the existing IP pools. [Default: nil (unset)]"). The same type in the
+/// `crd.projectcalico.org/v1` object (KDD stores the v3 spec) and in
+/// `projectcalico.org/v3`. libcalico-go's felix config update processor
+/// hands it to Felix under its v1 name, where it is the `*bool` of
+/// [`felix_flag`]: `true` on, `false` off, absent (or `null`) nil, Felix
+/// following the pools. Both CRDs declare it a boolean; anything else here
+/// is not a value Calico wrote.
+pub fn felix_config_flag(v: Option<&Value>) -> Parsed<FelixFlag> {
+    match v {
+        None | Some(Value::Null) => Parsed::Unset(FelixFlag::FollowPools),
+        Some(Value::Bool(true)) => Parsed::Set(FelixFlag::On),
+        Some(Value::Bool(false)) => Parsed::Set(FelixFlag::Off),
+        Some(_) => Parsed::Invalid(FELIX_CONFIG_FLAG),
+    }
+}
+
 /// calico-node's legacy `CALICO_NETWORKING`: when set (non-empty), its
 /// `rc.local` overrides `CALICO_NETWORKING_BACKEND` with `none` for exactly
 /// `false` and `bird` for anything else.

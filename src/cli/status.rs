@@ -2,6 +2,7 @@
 //! once with a kubeconfig. Exit code 0: nothing held; 1: a switch is held;
 //! 2: error.
 
+use crate::calico::overlay::CalicoKind;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -10,6 +11,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use serde::Serialize;
 
 use crate::cli::scrape::KeptCount;
+use crate::cluster::Settings;
 use crate::cluster::gate::{self, Gate};
 use crate::cluster::held::{CalicoKindName, ObjectKey};
 use crate::cluster::hold::{self, Record};
@@ -17,7 +19,6 @@ use crate::cluster::release::api;
 use crate::cluster::routes::{Blocker, NodeRoute, RouteCache, RouteNode};
 use crate::cluster::toggle::Toggle;
 use crate::cluster::watch::Store as _;
-use crate::cluster::{Settings, ippool_resource};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
@@ -139,22 +140,29 @@ pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Resu
             objects.push((key, o));
         }
     }
-    match Api::<DynamicObject>::all_with(client.clone(), &ippool_resource())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(list) => {
-            for o in list.items {
-                let key = ObjectKey {
-                    kind: CalicoKindName::IPPool,
-                    namespace: None,
-                    name: o.metadata.name.clone().unwrap_or_default(),
-                };
-                objects.push((key, o));
+    for kind in [
+        CalicoKind::IpPool,
+        CalicoKind::IpPoolV3,
+        CalicoKind::FelixConfiguration,
+        CalicoKind::FelixConfigurationV3,
+    ] {
+        match Api::<DynamicObject>::all_with(client.clone(), &crate::cluster::resource(kind))
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => {
+                for o in list.items {
+                    let key = ObjectKey {
+                        kind: kind.into(),
+                        namespace: None,
+                        name: o.metadata.name.clone().unwrap_or_default(),
+                    };
+                    objects.push((key, o));
+                }
             }
+            Err(kube::Error::Api(s)) if s.code == 404 => {} // not served here
+            Err(e) => return Err(e.into()),
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => {} // no IPPool CRD
-        Err(e) => return Err(e.into()),
     }
     objects.sort_by(|a, b| a.0.cmp(&b.0));
 

@@ -25,12 +25,36 @@ pub struct ObjectKey {
 }
 
 /// `CalicoKind` with an order that is also the release order: ConfigMap,
-/// then IPPools, then the DaemonSet.
+/// then IPPools, then FelixConfigurations, then the DaemonSet (so that
+/// calico-node rolls last, onto pools and Felix settings already native).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum CalicoKindName {
     ConfigMap,
     IPPool,
+    #[serde(rename = "IPPool.projectcalico.org")]
+    IPPoolV3,
+    FelixConfiguration,
+    #[serde(rename = "FelixConfiguration.projectcalico.org")]
+    FelixConfigurationV3,
     DaemonSet,
+}
+
+/// How many kinds there are (one part of the registry each).
+const KINDS: usize = 6;
+
+impl CalicoKindName {
+    /// As messages name it: the kind, with the API group when two groups
+    /// have one (`IPPool` is `crd.projectcalico.org`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "ConfigMap",
+            Self::IPPool => "IPPool",
+            Self::IPPoolV3 => "IPPool.projectcalico.org",
+            Self::FelixConfiguration => "FelixConfiguration",
+            Self::FelixConfigurationV3 => "FelixConfiguration.projectcalico.org",
+            Self::DaemonSet => "DaemonSet",
+        }
+    }
 }
 
 impl From<CalicoKind> for CalicoKindName {
@@ -38,6 +62,9 @@ impl From<CalicoKind> for CalicoKindName {
         match k {
             CalicoKind::ConfigMap => Self::ConfigMap,
             CalicoKind::IpPool => Self::IPPool,
+            CalicoKind::IpPoolV3 => Self::IPPoolV3,
+            CalicoKind::FelixConfiguration => Self::FelixConfiguration,
+            CalicoKind::FelixConfigurationV3 => Self::FelixConfigurationV3,
             CalicoKind::DaemonSet => Self::DaemonSet,
         }
     }
@@ -48,6 +75,9 @@ impl From<CalicoKindName> for CalicoKind {
         match k {
             CalicoKindName::ConfigMap => Self::ConfigMap,
             CalicoKindName::IPPool => Self::IpPool,
+            CalicoKindName::IPPoolV3 => Self::IpPoolV3,
+            CalicoKindName::FelixConfiguration => Self::FelixConfiguration,
+            CalicoKindName::FelixConfigurationV3 => Self::FelixConfigurationV3,
             CalicoKindName::DaemonSet => Self::DaemonSet,
         }
     }
@@ -68,8 +98,8 @@ impl ObjectKey {
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.namespace {
-            Some(ns) => write!(f, "{:?} {ns}/{}", self.kind, self.name),
-            None => write!(f, "{:?} {}", self.kind, self.name),
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind.label(), self.name),
+            None => write!(f, "{} {}", self.kind.label(), self.name),
         }
     }
 }
@@ -111,7 +141,7 @@ struct Part {
 /// The held records of one cluster.
 #[derive(Debug)]
 pub struct HeldRegistry {
-    parts: [RwLock<Part>; 3],
+    parts: [RwLock<Part>; KINDS],
     /// Holds answered by this process but not yet seen by the watch: the
     /// window between our answer and the watch event must not let a sibling
     /// object switch alone.
@@ -379,11 +409,7 @@ mod tests {
     }
 
     fn sync_all(r: &Arc<HeldRegistry>) {
-        for k in [
-            CalicoKind::ConfigMap,
-            CalicoKind::IpPool,
-            CalicoKind::DaemonSet,
-        ] {
+        for k in CalicoKind::ALL {
             let s = r.store(k);
             s.relist_begin();
             s.relist_done();
@@ -399,7 +425,12 @@ mod tests {
         r.store(CalicoKind::DaemonSet).relist_begin();
         r.store(CalicoKind::DaemonSet).relist_done();
         assert!(r.held().is_none());
+        // The cluster serves one install style's kinds; the others are absent.
         r.store(CalicoKind::IpPool).absent();
+        r.store(CalicoKind::IpPoolV3).absent();
+        r.store(CalicoKind::FelixConfiguration).absent();
+        assert!(r.held().is_none(), "one kind still unknown");
+        r.store(CalicoKind::FelixConfigurationV3).absent();
         assert_eq!(r.held(), Some(vec![]));
     }
 

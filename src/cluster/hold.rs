@@ -47,7 +47,10 @@ pub fn held_pointer(kind: CalicoKind) -> &'static str {
     match kind {
         CalicoKind::DaemonSet => "/spec/template",
         CalicoKind::ConfigMap => "/data",
-        CalicoKind::IpPool => "/spec",
+        CalicoKind::IpPool
+        | CalicoKind::IpPoolV3
+        | CalicoKind::FelixConfiguration
+        | CalicoKind::FelixConfigurationV3 => "/spec",
     }
 }
 

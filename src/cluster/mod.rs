@@ -70,6 +70,37 @@ pub fn ippool_resource() -> ApiResource {
     )
 }
 
+/// The group of Calico's v3 API: served as CRDs in v3 CRD mode (Calico
+/// v3.32+); otherwise by the aggregated calico-apiserver, whose writes
+/// reach the API server as writes of the `crd.projectcalico.org/v1` object.
+pub const V3_GROUP: &str = "projectcalico.org";
+pub const V3_VERSION: &str = "v3";
+
+/// The API resource of a guarded Calico kind.
+pub fn resource(kind: CalicoKind) -> ApiResource {
+    let gvk = |group: &str, version: &str, kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+    };
+    match kind {
+        CalicoKind::DaemonSet => daemonset_resource(),
+        CalicoKind::ConfigMap => configmap_resource(),
+        CalicoKind::IpPool => ippool_resource(),
+        CalicoKind::IpPoolV3 => gvk(V3_GROUP, V3_VERSION, "IPPool", "ippools"),
+        CalicoKind::FelixConfiguration => gvk(
+            IPPOOL_GROUP,
+            IPPOOL_VERSION,
+            "FelixConfiguration",
+            "felixconfigurations",
+        ),
+        CalicoKind::FelixConfigurationV3 => gvk(
+            V3_GROUP,
+            V3_VERSION,
+            "FelixConfiguration",
+            "felixconfigurations",
+        ),
+    }
+}
+
 pub fn daemonset_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("apps", "v1", "DaemonSet"),
@@ -100,6 +131,11 @@ impl Settings {
                 Some(CalicoKind::ConfigMap)
             }
             (IPPOOL_GROUP, IPPOOL_VERSION, "IPPool") => Some(CalicoKind::IpPool),
+            (V3_GROUP, V3_VERSION, "IPPool") => Some(CalicoKind::IpPoolV3),
+            (IPPOOL_GROUP, IPPOOL_VERSION, "FelixConfiguration") => {
+                Some(CalicoKind::FelixConfiguration)
+            }
+            (V3_GROUP, V3_VERSION, "FelixConfiguration") => Some(CalicoKind::FelixConfigurationV3),
             _ => None,
         }
     }
@@ -107,7 +143,9 @@ impl Settings {
     pub fn key(&self, kind: CalicoKind, name: &str) -> ObjectKey {
         ObjectKey {
             kind: kind.into(),
-            namespace: (kind != CalicoKind::IpPool).then(|| self.calico_namespace.clone()),
+            // Only calico-node and calico-config are namespaced.
+            namespace: matches!(kind, CalicoKind::DaemonSet | CalicoKind::ConfigMap)
+                .then(|| self.calico_namespace.clone()),
             name: name.to_string(),
         }
     }
@@ -213,11 +251,7 @@ impl Cluster {
         <ToggleState as crate::cluster::watch::Store<Namespace>>::lost(&self.toggle);
         self.config_map.lost();
         self.calico_node.lost();
-        for kind in [
-            CalicoKind::DaemonSet,
-            CalicoKind::ConfigMap,
-            CalicoKind::IpPool,
-        ] {
+        for kind in CalicoKind::ALL {
             self.held.store(kind).lost();
         }
     }
@@ -278,13 +312,91 @@ impl Cluster {
             b,
             self.health.clone(),
         ));
-        tasks.spawn(keep_watching(
-            "calico-ippools",
-            Api::<DynamicObject>::all_with(client.clone(), &ippool_resource()),
-            config(),
-            Arc::new(self.held.store(CalicoKind::IpPool)),
-            b,
-            self.health.clone(),
-        ));
+        // Cluster-scoped kinds, watched whole; a kind the cluster does not
+        // serve (no CRD: another install style) is known to hold nothing
+        // until it appears.
+        for (what, kind) in [
+            ("calico-ippools", CalicoKind::IpPool),
+            ("calico-ippools-v3", CalicoKind::IpPoolV3),
+            ("calico-felixconfigurations", CalicoKind::FelixConfiguration),
+            (
+                "calico-felixconfigurations-v3",
+                CalicoKind::FelixConfigurationV3,
+            ),
+        ] {
+            tasks.spawn(keep_watching(
+                what,
+                Api::<DynamicObject>::all_with(client.clone(), &resource(kind)),
+                config(),
+                Arc::new(self.held.store(kind)),
+                b,
+                self.health.clone(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guarded_kind_is_identified_by_group_version_and_kind() {
+        let s = Settings::default();
+        let id = |g: &str, v: &str, k: &str, ns: Option<&str>, n: &str| s.identify(g, v, k, ns, n);
+        let ks = Some("kube-system");
+        assert_eq!(
+            id("apps", "v1", "DaemonSet", ks, "calico-node"),
+            Some(CalicoKind::DaemonSet)
+        );
+        assert_eq!(id("apps", "v1", "DaemonSet", ks, "kube-proxy"), None);
+        assert_eq!(
+            id("", "v1", "ConfigMap", ks, "calico-config"),
+            Some(CalicoKind::ConfigMap)
+        );
+        assert_eq!(
+            id("", "v1", "ConfigMap", Some("default"), "calico-config"),
+            None
+        );
+        assert_eq!(
+            id(IPPOOL_GROUP, "v1", "IPPool", None, "p"),
+            Some(CalicoKind::IpPool)
+        );
+        assert_eq!(
+            id(V3_GROUP, "v3", "IPPool", None, "p"),
+            Some(CalicoKind::IpPoolV3)
+        );
+        assert_eq!(
+            id(IPPOOL_GROUP, "v1", "FelixConfiguration", None, "node.a"),
+            Some(CalicoKind::FelixConfiguration)
+        );
+        assert_eq!(
+            id(V3_GROUP, "v3", "FelixConfiguration", None, "default"),
+            Some(CalicoKind::FelixConfigurationV3)
+        );
+        assert_eq!(
+            id(V3_GROUP, "v3", "BGPConfiguration", None, "default"),
+            None
+        );
+        assert_eq!(id(IPPOOL_GROUP, "v3", "IPPool", None, "p"), None);
+        // Each kind's resource is the one its requests name.
+        for kind in CalicoKind::ALL {
+            let r = resource(kind);
+            assert_eq!(
+                id(
+                    &r.group,
+                    &r.version,
+                    &r.kind,
+                    ks,
+                    match kind {
+                        CalicoKind::DaemonSet => "calico-node",
+                        CalicoKind::ConfigMap => "calico-config",
+                        _ => "default",
+                    }
+                ),
+                Some(kind)
+            );
+            assert_eq!(r.kind, kind.as_str());
+        }
     }
 }

@@ -33,11 +33,11 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use kube::runtime::events::EventType;
 use kube::{Client, Resource as _};
 
+use crate::cluster::Cluster;
 use crate::cluster::gate;
 use crate::cluster::held::{CalicoKindName, HeldObject, ObjectKey};
 use crate::cluster::hold::{self, Record};
 use crate::cluster::toggle::{CANCEL_ANNOTATION, FORCE_ANNOTATION};
-use crate::cluster::{Cluster, configmap_resource, daemonset_resource, ippool_resource};
 use crate::metrics::{FailureClass, FailureLabels, KindLabels, Metrics};
 use decision::{Action, Decision};
 use lease::{InProgress, Marker, ObjectState, Outcome, Progress, ReleaseLease};
@@ -46,11 +46,7 @@ use lease::{InProgress, Marker, ObjectState, Outcome, Progress, ReleaseLease};
 const CONFLICT_RETRIES: usize = 5;
 
 pub fn resource(kind: CalicoKindName) -> ApiResource {
-    match kind {
-        CalicoKindName::ConfigMap => configmap_resource(),
-        CalicoKindName::IPPool => ippool_resource(),
-        CalicoKindName::DaemonSet => daemonset_resource(),
-    }
+    crate::cluster::resource(kind.into())
 }
 
 pub fn api(client: &Client, key: &ObjectKey) -> Api<DynamicObject> {

@@ -148,16 +148,32 @@ pub async fn keep_watching<K, S>(
     S: Store<K> + ?Sized,
 {
     let mut delay = backoff.initial;
+    let mut absent_logged = false;
     loop {
         let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
         let mut healthy = false;
+        // kube-rs says `Init` before it sends the list request; the store
+        // begins its re-list only once the list answers. Otherwise a kind
+        // this API server does not serve (404 on every retry) would flap
+        // from known to unknown and back at every retry, and a review in
+        // that instant would be held for nothing.
+        let mut init_pending = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(Event::Init) => store.relist_begin(),
-                Ok(Event::InitApply(obj)) => store.relist_apply(obj),
+                Ok(Event::Init) => init_pending = true,
+                Ok(Event::InitApply(obj)) => {
+                    if std::mem::take(&mut init_pending) {
+                        store.relist_begin();
+                    }
+                    store.relist_apply(obj);
+                }
                 Ok(Event::InitDone) => {
+                    if std::mem::take(&mut init_pending) {
+                        store.relist_begin();
+                    }
                     store.relist_done();
                     health.watch_synced(what);
+                    absent_logged = false;
                     if !healthy {
                         tracing::info!(watch = what, "watch synced");
                     }
@@ -166,12 +182,24 @@ pub async fn keep_watching<K, S>(
                 }
                 Ok(Event::Apply(obj)) => store.apply(obj),
                 Ok(Event::Delete(obj)) => store.delete(obj),
-                Err(error) => {
-                    if is_not_found(&error) {
-                        store.absent();
-                    } else {
-                        store.lost();
+                Err(error) if is_not_found(&error) => {
+                    // Not served here (no CRD: another install style):
+                    // known to hold nothing; looked for again after the
+                    // back-off, and listed as soon as it appears.
+                    store.absent();
+                    health.watch_synced(what);
+                    if !absent_logged {
+                        tracing::info!(
+                            watch = what,
+                            "not served by this API server; nothing of it is held"
+                        );
+                        absent_logged = true;
                     }
+                    break;
+                }
+                Err(error) => {
+                    store.lost();
+                    absent_logged = false;
                     tracing::warn!(watch = what, %error, retry_in = ?delay, "watch failed; state unknown until it is listed again");
                     health.watch_failed(what, error.to_string());
                     break;

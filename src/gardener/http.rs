@@ -523,11 +523,7 @@ mod tests {
             store.relist_begin();
             store.relist_done();
         }
-        for kind in [
-            CalicoKind::DaemonSet,
-            CalicoKind::ConfigMap,
-            CalicoKind::IpPool,
-        ] {
+        for kind in CalicoKind::ALL {
             let st = c.held.store(kind);
             st.relist_begin();
             st.relist_done();

@@ -660,11 +660,7 @@ mod tests {
 
     /// The shoot's held records: known, none.
     fn drain(shoot: &Shoot) {
-        for kind in [
-            crate::calico::overlay::CalicoKind::DaemonSet,
-            crate::calico::overlay::CalicoKind::ConfigMap,
-            crate::calico::overlay::CalicoKind::IpPool,
-        ] {
+        for kind in crate::calico::overlay::CalicoKind::ALL {
             let st = shoot.cluster.held.store(kind);
             st.relist_begin();
             st.relist_done();

@@ -7,7 +7,7 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::admission::{AdmissionResponse, Operation};
 
-use crate::calico::overlay::{self, CalicoKind};
+use crate::calico::overlay;
 use crate::cluster::Cluster;
 use crate::cluster::gate::{self, Situation, Verdict};
 use crate::cluster::held::ObjectKey;
@@ -100,7 +100,9 @@ impl Webhook {
         // A DELETE of an IPPool that still encapsulates switches its pods
         // to native routing without any UPDATE: refused while the gate is
         // closed (it cannot be held by a patch).
-        if let (Some(CalicoKind::IpPool), Operation::Delete) = (calico, &req.operation) {
+        if let (Some(k), Operation::Delete) = (calico, &req.operation)
+            && k.is_pool()
+        {
             return self.judge_pool_deletion(review, now, outcome, allow);
         }
         // CREATE and CONNECT are never held; other objects get no patch.

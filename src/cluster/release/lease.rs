@@ -618,8 +618,8 @@ mod tests {
         let st = |c, p, d| {
             move |k: &ObjectKey| match k.kind {
                 CalicoKindName::ConfigMap => c,
-                CalicoKindName::IPPool => p,
                 CalicoKindName::DaemonSet => d,
+                _ => p,
             }
         };
         assert_eq!(progress(&plan, st(Held, Held, Held)), Progress::NotStarted);

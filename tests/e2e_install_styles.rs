@@ -1,0 +1,152 @@
+//! Calico's other install styles, end to end against a real kube-apiserver:
+//! pools of v3 CRD mode (`projectcalico.org/v3` IPPools served as a plain
+//! CRD, Calico v3.32+) and FelixConfiguration in both API groups. Their
+//! switches are held while a node lacks its route and released by the
+//! server once it has it; updates that are not switches (a finalizer, a
+//! status, a whole-object replace that drops our annotations) go through
+//! and keep what is held; an encapsulating v3 pool cannot be deleted.
+
+mod controlplane;
+mod e2e_support;
+
+use std::time::Duration;
+
+use e2e_support::*;
+use serde_json::Value;
+
+const CRDS: [(&str, &str); 3] = [
+    (
+        "calico-v3/crd-ippools.projectcalico.org.yaml",
+        "crd/ippools.projectcalico.org",
+    ),
+    (
+        "calico-v3/crd-felixconfigurations.crd.projectcalico.org.yaml",
+        "crd/felixconfigurations.crd.projectcalico.org",
+    ),
+    (
+        "calico-v3/crd-felixconfigurations.projectcalico.org.yaml",
+        "crd/felixconfigurations.projectcalico.org",
+    ),
+];
+
+const POOL_V3: &str = "ippools.projectcalico.org/default-ipv4-ippool";
+const FELIX_V1: &str = "felixconfigurations.crd.projectcalico.org/default";
+const FELIX_V3: &str = "felixconfigurations.projectcalico.org/default";
+
+/// The overlay cluster of `calico_cluster` plus the v3 and Felix CRDs; the
+/// server is started again so that its watches list the new kinds at once.
+fn setup() -> Env {
+    let mut env = Env::start(&[]);
+    env.calico_cluster(&[("node-a", Cond::Routed), ("node-b", Cond::None)], true);
+    for (file, crd) in CRDS {
+        env.kubectl(&["apply", "-f", fixture(file).to_str().unwrap()]);
+        env.kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            crd,
+        ]);
+    }
+    assert!(env.server.stop().is_some_and(|s| s.success()));
+    env.server = Server::start(&env.dir.path().join("second"), env.cp.kubeconfig(), &[]);
+    env.register_webhook();
+    env.server.wait_ready();
+    env.wait_webhook_active();
+    env
+}
+
+fn get(env: &Env, what: &str) -> Value {
+    env.get_json(&[what])
+}
+
+fn held(obj: &Value) -> bool {
+    obj.pointer("/metadata/annotations")
+        .and_then(|a| a.get(INTENT))
+        .is_some()
+}
+
+#[test]
+fn v3_pools_and_felix_configurations_are_held_and_released_and_other_updates_pass() {
+    let env = setup();
+    for f in [
+        "calico-v3/ippool-ipip.yaml",
+        "calico-v3/felixconfiguration-default-ipip-v1.yaml",
+        "calico-v3/felixconfiguration-default-ipip-v3.yaml",
+    ] {
+        env.kubectl(&["apply", "-f", fixture(f).to_str().unwrap()]);
+    }
+
+    // calico-kube-controllers in v3 CRD mode: a finalizer and a status
+    // condition, then the finalizer removed: not switches, untouched.
+    for patch in [
+        r#"{"metadata":{"finalizers":["projectcalico.org/ippool"]}}"#,
+        r#"{"status":{"conditions":[{"type":"Allocatable","status":"True","reason":"PoolReady"}]}}"#,
+        r#"{"metadata":{"finalizers":null}}"#,
+    ] {
+        env.kubectl(&["patch", POOL_V3, "--type", "merge", "-p", patch]);
+        let pool = get(&env, POOL_V3);
+        assert!(!held(&pool), "{patch}: nothing held");
+        assert_eq!(pool["spec"]["ipipMode"], "Always");
+    }
+    assert_eq!(
+        get(&env, POOL_V3)["status"]["conditions"][0]["reason"],
+        "PoolReady"
+    );
+
+    // The switches: each held, the object keeping its overlay.
+    for f in [
+        "calico-v3/ippool-native.yaml",
+        "calico-v3/felixconfiguration-default-native-v1.yaml",
+        "calico-v3/felixconfiguration-default-native-v3.yaml",
+    ] {
+        let (ok, _, err) = env.apply(f, &[]);
+        assert!(ok, "{f}: {err}");
+        assert!(err.contains("overlay switch held"), "{f}: {err}");
+    }
+    let pool = get(&env, POOL_V3);
+    assert!(held(&pool));
+    assert_eq!(pool["spec"]["ipipMode"], "Always", "held");
+    for felix in [FELIX_V1, FELIX_V3] {
+        let f = get(&env, felix);
+        assert!(held(&f), "{felix}");
+        assert_eq!(f["spec"]["ipipEnabled"], true, "{felix} held");
+        assert_eq!(f["spec"]["logSeverityScreen"], "Info");
+    }
+
+    // A writer that replaces the whole object and drops annotations it does
+    // not know (calico-apiserver, calicoctl apply): the record stays.
+    let mut replaced = pool.clone();
+    replaced["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    replaced["spec"]["natOutgoing"] = Value::Bool(false);
+    env.kubectl_in(&["replace", "-f", "-"], &replaced.to_string());
+    let pool = get(&env, POOL_V3);
+    assert!(held(&pool), "the record survives a replace without it");
+    assert_eq!(
+        pool["spec"]["natOutgoing"], false,
+        "the replace went through"
+    );
+
+    // A pool that still encapsulates cannot be deleted meanwhile.
+    let (ok, _, err) = env.kubectl_raw(&["delete", POOL_V3, "--dry-run=server"]);
+    assert!(!ok && err.contains("still encapsulates"), "{err}");
+
+    // The route appears: all three are released by the server.
+    env.set_node("node-b", Cond::Routed);
+    eventually("released", Duration::from_secs(60), || {
+        let pool = get(&env, POOL_V3);
+        let felix: Vec<Value> = [FELIX_V1, FELIX_V3].iter().map(|f| get(&env, f)).collect();
+        (!held(&pool) && felix.iter().all(|f| !held(f))).then_some((pool, felix))
+    });
+    let pool = get(&env, POOL_V3);
+    assert_eq!(pool["spec"].get("ipipMode"), None, "native: {pool}");
+    assert_eq!(pool["spec"]["natOutgoing"], false, "the later change kept");
+    for felix in [FELIX_V1, FELIX_V3] {
+        assert_eq!(get(&env, felix)["spec"]["ipipEnabled"], false, "{felix}");
+    }
+    // Native now: the pool is deleted at once.
+    env.kubectl(&["delete", POOL_V3]);
+}
