@@ -35,7 +35,7 @@ impl Decision {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabels {
     /// Kind of the reviewed object (DaemonSet, ConfigMap, IPPool,
-    /// FelixConfiguration, Node, or "other").
+    /// FelixConfiguration, Installation, Node, or "other").
     pub kind: String,
     pub decision: Decision,
     /// "true" for server-side dry-run requests.
@@ -277,6 +277,7 @@ pub const REVIEWED_KINDS: &[&str] = &[
     "ConfigMap",
     "IPPool",
     "FelixConfiguration",
+    "Installation",
     "Node",
 ];
 

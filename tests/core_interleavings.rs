@@ -339,6 +339,7 @@ impl Sim {
             CalicoKind::IpPoolV3,
             CalicoKind::FelixConfiguration,
             CalicoKind::FelixConfigurationV3,
+            CalicoKind::Installation,
         ] {
             let store = sim.cluster.held.store(kind);
             store.relist_begin();

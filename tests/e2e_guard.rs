@@ -376,6 +376,11 @@ fn start_as_reader(nodes: bool, extra: &[&str]) -> Env {
             ("daemonsets", "apps"),
             ("configmaps", ""),
             ("ippools", "crd.projectcalico.org"),
+            // The other install styles' kinds (absent here: listed as none).
+            ("ippools", "projectcalico.org"),
+            ("felixconfigurations", "crd.projectcalico.org"),
+            ("felixconfigurations", "projectcalico.org"),
+            ("installations", "operator.tigera.io"),
         ],
     );
     if nodes {

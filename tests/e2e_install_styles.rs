@@ -4,7 +4,9 @@
 //! switches are held while a node lacks its route and released by the
 //! server once it has it; updates that are not switches (a finalizer, a
 //! status, a whole-object replace that drops our annotations) go through
-//! and keep what is held; an encapsulating v3 pool cannot be deleted.
+//! and keep what is held; an encapsulating v3 pool cannot be deleted. And
+//! the Tigera operator's Installation: a pool's `encapsulation` lowered in
+//! it is held on the Installation and released there.
 
 mod controlplane;
 mod e2e_support;
@@ -30,15 +32,20 @@ const CRDS: [(&str, &str); 3] = [
 ];
 
 const POOL_V3: &str = "ippools.projectcalico.org/default-ipv4-ippool";
+const POOL_V1: &str = "ippools.crd.projectcalico.org/default-ipv4-ippool";
 const FELIX_V1: &str = "felixconfigurations.crd.projectcalico.org/default";
 const FELIX_V3: &str = "felixconfigurations.projectcalico.org/default";
 
 /// The overlay cluster of `calico_cluster` plus the v3 and Felix CRDs; the
 /// server is started again so that its watches list the new kinds at once.
 fn setup() -> Env {
+    setup_with(&CRDS)
+}
+
+fn setup_with(crds: &[(&str, &str)]) -> Env {
     let mut env = Env::start(&[]);
     env.calico_cluster(&[("node-a", Cond::Routed), ("node-b", Cond::None)], true);
-    for (file, crd) in CRDS {
+    for (file, crd) in crds {
         env.kubectl(&["apply", "-f", fixture(file).to_str().unwrap()]);
         env.kubectl(&[
             "wait",
@@ -115,32 +122,45 @@ fn v3_pools_and_felix_configurations_are_held_and_released_and_other_updates_pas
     }
 
     // A writer that replaces the whole object and drops annotations it does
-    // not know (calico-apiserver, calicoctl apply): the record stays.
-    let mut replaced = pool.clone();
-    replaced["metadata"]
-        .as_object_mut()
-        .unwrap()
-        .remove("annotations");
-    replaced["spec"]["natOutgoing"] = Value::Bool(false);
-    env.kubectl_in(&["replace", "-f", "-"], &replaced.to_string());
-    let pool = get(&env, POOL_V3);
-    assert!(held(&pool), "the record survives a replace without it");
-    assert_eq!(
-        pool["spec"]["natOutgoing"], false,
-        "the replace went through"
-    );
+    // not know (calico-apiserver, calicoctl apply): the record stays. For
+    // the v3 pool, and for the v1 pool as calico-apiserver writes it.
+    let (ok, _, err) = env.apply(NATIVE_POOL, &[]);
+    assert!(ok && err.contains("overlay switch held"), "{err}");
+    for what in [POOL_V3, POOL_V1] {
+        let mut replaced = get(&env, what);
+        replaced["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        replaced["spec"]["natOutgoing"] = Value::Bool(false);
+        env.kubectl_in(&["replace", "-f", "-"], &replaced.to_string());
+        let pool = get(&env, what);
+        assert!(
+            held(&pool),
+            "{what}: the record survives a replace without it"
+        );
+        assert_eq!(pool["spec"]["ipipMode"], "Always", "{what}: still held");
+        assert_eq!(
+            pool["spec"]["natOutgoing"], false,
+            "{what}: the replace went through"
+        );
+    }
 
     // A pool that still encapsulates cannot be deleted meanwhile.
     let (ok, _, err) = env.kubectl_raw(&["delete", POOL_V3, "--dry-run=server"]);
     assert!(!ok && err.contains("still encapsulates"), "{err}");
 
-    // The route appears: all three are released by the server.
+    // The route appears: all four are released by the server.
     env.set_node("node-b", Cond::Routed);
     eventually("released", Duration::from_secs(60), || {
-        let pool = get(&env, POOL_V3);
-        let felix: Vec<Value> = [FELIX_V1, FELIX_V3].iter().map(|f| get(&env, f)).collect();
-        (!held(&pool) && felix.iter().all(|f| !held(f))).then_some((pool, felix))
+        [POOL_V3, POOL_V1, FELIX_V1, FELIX_V3]
+            .iter()
+            .all(|o| !held(&get(&env, o)))
+            .then_some(())
     });
+    let v1 = get(&env, POOL_V1);
+    assert_eq!(v1["spec"]["ipipMode"], "Never", "native: {v1}");
+    assert_eq!(v1["spec"]["natOutgoing"], false, "the later change kept");
     let pool = get(&env, POOL_V3);
     assert_eq!(pool["spec"].get("ipipMode"), None, "native: {pool}");
     assert_eq!(pool["spec"]["natOutgoing"], false, "the later change kept");
@@ -149,4 +169,57 @@ fn v3_pools_and_felix_configurations_are_held_and_released_and_other_updates_pas
     }
     // Native now: the pool is deleted at once.
     env.kubectl(&["delete", POOL_V3]);
+}
+
+/// The Tigera operator's Installation, `IPIP` -> `None`: held while a node
+/// lacks its route (the Installation keeps `IPIP`, the record holds `None`),
+/// released by the server once the route is there; the operator then writes
+/// the pool (no operator runs here: the Installation is what it reads). An
+/// unrelated change of the Installation goes through meanwhile.
+#[test]
+fn an_installation_switch_is_held_on_the_installation_and_released() {
+    const INSTALLATION: &str = "installations.operator.tigera.io/default";
+    let env = setup_with(&[(
+        "tigera-operator/crd-installations.yaml",
+        "crd/installations.operator.tigera.io",
+    )]);
+    let encapsulation =
+        |i: &Value| i["spec"]["calicoNetwork"]["ipPools"][0]["encapsulation"].clone();
+    let (ok, _, err) = env.apply("tigera-operator/installation-ipip.yaml", &[]);
+    assert!(ok, "{err}");
+
+    let (ok, _, err) = env.apply("tigera-operator/installation-native.yaml", &[]);
+    assert!(ok, "{err}");
+    assert!(err.contains("overlay switch held"), "{err}");
+    let log = env.server.log_text();
+    assert!(
+        log.contains("spec.calicoNetwork.ipPools[default-ipv4-ippool].encapsulation IPIP -> None"),
+        "the switch, pool by pool, in the server's log"
+    );
+    let inst = get(&env, INSTALLATION);
+    assert!(held(&inst));
+    assert_eq!(encapsulation(&inst), "IPIP", "the Installation keeps IPIP");
+    let intent = inst["metadata"]["annotations"][INTENT].as_str().unwrap();
+    assert!(intent.contains("None"), "the record holds None: {intent}");
+
+    // Not a switch: goes through and keeps the record.
+    env.kubectl(&[
+        "patch",
+        INSTALLATION,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"variant":"Calico"}}"#,
+    ]);
+    let inst = get(&env, INSTALLATION);
+    assert_eq!(inst["spec"]["variant"], "Calico");
+    assert!(held(&inst));
+
+    env.set_node("node-b", Cond::Routed);
+    let inst = eventually("released", Duration::from_secs(60), || {
+        let i = get(&env, INSTALLATION);
+        (!held(&i)).then_some(i)
+    });
+    assert_eq!(encapsulation(&inst), "None");
+    assert_eq!(inst["spec"]["variant"], "Calico", "the later change kept");
 }

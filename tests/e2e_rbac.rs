@@ -23,6 +23,7 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
         "calico-v3/crd-ippools.projectcalico.org.yaml",
         "calico-v3/crd-felixconfigurations.crd.projectcalico.org.yaml",
         "calico-v3/crd-felixconfigurations.projectcalico.org.yaml",
+        "tigera-operator/crd-installations.yaml",
     ] {
         cp.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
             .unwrap();
@@ -69,6 +70,8 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
         ],
         &["watch", "felixconfigurations.projectcalico.org"],
         &["update", "felixconfigurations.projectcalico.org/default"],
+        &["watch", "installations.operator.tigera.io"],
+        &["update", "installations.operator.tigera.io/default"],
         &["create", "events.events.k8s.io", "-n", "kube-system"],
         &["patch", "events.events.k8s.io", "-n", "default"],
         &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
@@ -97,6 +100,7 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
         &["delete", "felixconfigurations.projectcalico.org/default"],
         &["create", "felixconfigurations.crd.projectcalico.org"],
         &["update", "bgpconfigurations.crd.projectcalico.org/default"],
+        &["delete", "installations.operator.tigera.io/default"],
         &[
             "create",
             "events.events.k8s.io",

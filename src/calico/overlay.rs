@@ -114,16 +114,20 @@ pub enum CalicoKind {
     FelixConfiguration,
     /// `projectcalico.org/v3` FelixConfiguration in v3 CRD mode.
     FelixConfigurationV3,
+    /// The Tigera operator's `operator.tigera.io/v1` Installation: its
+    /// pools' `encapsulation` ([`crate::calico::installation`]).
+    Installation,
 }
 
 impl CalicoKind {
-    pub const ALL: [CalicoKind; 6] = [
+    pub const ALL: [CalicoKind; 7] = [
         Self::DaemonSet,
         Self::ConfigMap,
         Self::IpPool,
         Self::IpPoolV3,
         Self::FelixConfiguration,
         Self::FelixConfigurationV3,
+        Self::Installation,
     ];
 
     /// The kind's name in Kubernetes (both API groups share it).
@@ -133,6 +137,7 @@ impl CalicoKind {
             Self::ConfigMap => "ConfigMap",
             Self::IpPool | Self::IpPoolV3 => "IPPool",
             Self::FelixConfiguration | Self::FelixConfigurationV3 => "FelixConfiguration",
+            Self::Installation => "Installation",
         }
     }
 
@@ -189,6 +194,7 @@ impl Setting {
             (CalicoKind::IpPool | CalicoKind::IpPoolV3, Self::PoolIpip) => "spec.ipipMode",
             (CalicoKind::IpPool | CalicoKind::IpPoolV3, Self::PoolVxlan) => "spec.vxlanMode",
             (CalicoKind::ConfigMap, Self::Backend) => "data.calico_backend",
+            (CalicoKind::Installation, _) => "spec.calicoNetwork.ipPools[].encapsulation",
             (
                 CalicoKind::FelixConfiguration | CalicoKind::FelixConfigurationV3,
                 Self::FelixIpip,
@@ -330,6 +336,8 @@ pub fn read(kind: CalicoKind, obj: &Value, ctx: Context<'_>) -> OverlayConfig {
         CalicoKind::FelixConfiguration | CalicoKind::FelixConfigurationV3 => {
             read_felix_configuration(kind, obj)
         }
+        // Pool by pool: see `detect_switch`.
+        CalicoKind::Installation => OverlayConfig::default(),
     }
 }
 
@@ -409,6 +417,10 @@ pub fn detect_switch(
     new: &Value,
     ctx: Context<'_>,
 ) -> Result<Option<Switch>, ReadError> {
+    if kind == CalicoKind::Installation {
+        let reductions = crate::calico::installation::installation_reductions(old, new)?;
+        return Ok((!reductions.is_empty()).then_some(Switch { kind, reductions }));
+    }
     let mut reductions = reductions(kind, &read(kind, old, ctx), &read(kind, new, ctx))?;
     if kind == CalicoKind::ConfigMap {
         reductions.extend(through_calico_node(old, new, ctx)?);

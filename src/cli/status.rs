@@ -145,6 +145,7 @@ pub async fn collect(client: &kube::Client, settings: &Settings) -> anyhow::Resu
         CalicoKind::IpPoolV3,
         CalicoKind::FelixConfiguration,
         CalicoKind::FelixConfigurationV3,
+        CalicoKind::Installation,
     ] {
         match Api::<DynamicObject>::all_with(client.clone(), &crate::cluster::resource(kind))
             .list(&ListParams::default())

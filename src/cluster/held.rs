@@ -30,6 +30,8 @@ pub struct ObjectKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum CalicoKindName {
     ConfigMap,
+    /// Before the pools: the operator then writes them as released.
+    Installation,
     IPPool,
     #[serde(rename = "IPPool.projectcalico.org")]
     IPPoolV3,
@@ -40,7 +42,7 @@ pub enum CalicoKindName {
 }
 
 /// How many kinds there are (one part of the registry each).
-const KINDS: usize = 6;
+const KINDS: usize = 7;
 
 impl CalicoKindName {
     /// As messages name it: the kind, with the API group when two groups
@@ -48,6 +50,7 @@ impl CalicoKindName {
     pub const fn label(self) -> &'static str {
         match self {
             Self::ConfigMap => "ConfigMap",
+            Self::Installation => "Installation",
             Self::IPPool => "IPPool",
             Self::IPPoolV3 => "IPPool.projectcalico.org",
             Self::FelixConfiguration => "FelixConfiguration",
@@ -61,6 +64,7 @@ impl From<CalicoKind> for CalicoKindName {
     fn from(k: CalicoKind) -> Self {
         match k {
             CalicoKind::ConfigMap => Self::ConfigMap,
+            CalicoKind::Installation => Self::Installation,
             CalicoKind::IpPool => Self::IPPool,
             CalicoKind::IpPoolV3 => Self::IPPoolV3,
             CalicoKind::FelixConfiguration => Self::FelixConfiguration,
@@ -74,6 +78,7 @@ impl From<CalicoKindName> for CalicoKind {
     fn from(k: CalicoKindName) -> Self {
         match k {
             CalicoKindName::ConfigMap => Self::ConfigMap,
+            CalicoKindName::Installation => Self::Installation,
             CalicoKindName::IPPool => Self::IpPool,
             CalicoKindName::IPPoolV3 => Self::IpPoolV3,
             CalicoKindName::FelixConfiguration => Self::FelixConfiguration,
@@ -429,6 +434,7 @@ mod tests {
         r.store(CalicoKind::IpPool).absent();
         r.store(CalicoKind::IpPoolV3).absent();
         r.store(CalicoKind::FelixConfiguration).absent();
+        r.store(CalicoKind::Installation).absent();
         assert!(r.held().is_none(), "one kind still unknown");
         r.store(CalicoKind::FelixConfigurationV3).absent();
         assert_eq!(r.held(), Some(vec![]));
@@ -444,6 +450,14 @@ mod tests {
             .apply(obj(None, "default-ipv4-ippool", true));
         r.store(CalicoKind::ConfigMap)
             .apply(obj(Some("kube-system"), "calico-config", true));
+        for kind in [
+            CalicoKind::FelixConfigurationV3,
+            CalicoKind::FelixConfiguration,
+            CalicoKind::IpPoolV3,
+            CalicoKind::Installation,
+        ] {
+            r.store(kind).apply(obj(None, "default", true));
+        }
         let names: Vec<String> = r
             .held()
             .unwrap()
@@ -454,10 +468,22 @@ mod tests {
             names,
             vec![
                 "ConfigMap kube-system/calico-config",
+                "Installation default",
                 "IPPool default-ipv4-ippool",
+                "IPPool.projectcalico.org default",
+                "FelixConfiguration default",
+                "FelixConfiguration.projectcalico.org default",
                 "DaemonSet kube-system/calico-node"
             ]
         );
+        for kind in [
+            CalicoKind::FelixConfigurationV3,
+            CalicoKind::FelixConfiguration,
+            CalicoKind::IpPoolV3,
+            CalicoKind::Installation,
+        ] {
+            r.store(kind).apply(obj(None, "default", false));
+        }
         r.store(CalicoKind::IpPool)
             .apply(obj(None, "default-ipv4-ippool", false));
         let ds = key_of(

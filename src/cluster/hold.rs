@@ -47,6 +47,8 @@ pub fn held_pointer(kind: CalicoKind) -> &'static str {
     match kind {
         CalicoKind::DaemonSet => "/spec/template",
         CalicoKind::ConfigMap => "/data",
+        // Only the pools: the rest of the Installation goes through.
+        CalicoKind::Installation => crate::calico::installation::POOLS_POINTER,
         CalicoKind::IpPool
         | CalicoKind::IpPoolV3
         | CalicoKind::FelixConfiguration

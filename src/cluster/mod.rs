@@ -75,6 +75,9 @@ pub fn ippool_resource() -> ApiResource {
 /// reach the API server as writes of the `crd.projectcalico.org/v1` object.
 pub const V3_GROUP: &str = "projectcalico.org";
 pub const V3_VERSION: &str = "v3";
+/// The Tigera operator's API group.
+pub const OPERATOR_GROUP: &str = "operator.tigera.io";
+pub const OPERATOR_VERSION: &str = "v1";
 
 /// The API resource of a guarded Calico kind.
 pub fn resource(kind: CalicoKind) -> ApiResource {
@@ -97,6 +100,12 @@ pub fn resource(kind: CalicoKind) -> ApiResource {
             V3_VERSION,
             "FelixConfiguration",
             "felixconfigurations",
+        ),
+        CalicoKind::Installation => gvk(
+            OPERATOR_GROUP,
+            OPERATOR_VERSION,
+            "Installation",
+            "installations",
         ),
     }
 }
@@ -136,6 +145,7 @@ impl Settings {
                 Some(CalicoKind::FelixConfiguration)
             }
             (V3_GROUP, V3_VERSION, "FelixConfiguration") => Some(CalicoKind::FelixConfigurationV3),
+            (OPERATOR_GROUP, OPERATOR_VERSION, "Installation") => Some(CalicoKind::Installation),
             _ => None,
         }
     }
@@ -323,6 +333,7 @@ impl Cluster {
                 "calico-felixconfigurations-v3",
                 CalicoKind::FelixConfigurationV3,
             ),
+            ("tigera-installations", CalicoKind::Installation),
         ] {
             tasks.spawn(keep_watching(
                 what,

@@ -1,6 +1,7 @@
 //! The release controller: once the gate opens (or an operator forces it),
 //! applies every held intent of the cluster, in an order safe for Calico:
-//! ConfigMap, then IPPools, then the DaemonSet. An operator's cancel removes
+//! ConfigMap, Installation, IPPools, FelixConfigurations, then the DaemonSet
+//! (the order of [`crate::cluster::held::CalicoKindName`]). An operator's cancel removes
 //! every record instead.
 //!
 //! Each write is an update carrying the object's resourceVersion, so it never

@@ -162,7 +162,7 @@ mod tests {
         )
         .unwrap();
         let rendered = hooks(&out);
-        assert_eq!(rendered.len(), 5);
+        assert_eq!(rendered.len(), 6);
         for h in &rendered {
             assert_eq!(
                 h["clientConfig"]["caBundle"].as_str().unwrap(),
