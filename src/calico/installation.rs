@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use crate::calico::overlay::{
+use crate::calico::model::{
     CalicoKind, Eff, Encapsulation, OverlayConfig, ReadError, Reduction, Setting, reductions,
 };
 
