@@ -13,12 +13,12 @@
 //! no webhook, and the held case's added median as a ratio of the fixed
 //! answer's. `DRYRUN_RUNS` sets the PUTs per case (default 200).
 
+mod common;
 #[path = "../tests/controlplane/mod.rs"]
 mod controlplane;
 #[path = "../tests/e2e_support/mod.rs"]
 mod e2e_support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e_support::*;
@@ -39,19 +39,6 @@ struct Uid {
 
 /// A webhook that allows everything, with no patch, on our TLS stack.
 async fn fixed_answer_server() -> (u16, String) {
-    let bundle = overlay_switch_webhook::server::certs::generate(
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        1,
-    )
-    .unwrap();
-    let tls = Arc::new(
-        overlay_switch_webhook::server::tls::server_config_from_pem(
-            bundle.tls_cert_pem.as_bytes(),
-            bundle.tls_key_pem.as_bytes(),
-        )
-        .unwrap(),
-    );
     let router = axum::Router::new().route(
         "/allow",
         axum::routing::post(|body: axum::body::Bytes| async move {
@@ -65,17 +52,7 @@ async fn fixed_answer_server() -> (u16, String) {
             ([("content-type", "application/json")], answer.to_string())
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(overlay_switch_webhook::server::serve_tls(
-        listener,
-        tls,
-        router,
-        std::future::pending(),
-        Duration::from_secs(1),
-        overlay_switch_webhook::server::limits::Limits::default(),
-    ));
-    (port, bundle.ca_cert_pem)
+    common::serve_router_tls(router).await
 }
 
 /// The fixed answer registered for calico-node UPDATEs, as ours is.

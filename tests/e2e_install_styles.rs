@@ -16,19 +16,10 @@ use std::time::Duration;
 use e2e_support::*;
 use serde_json::Value;
 
-const CRDS: [(&str, &str); 3] = [
-    (
-        "calico-v3/crd-ippools.projectcalico.org.yaml",
-        "crd/ippools.projectcalico.org",
-    ),
-    (
-        "calico-v3/crd-felixconfigurations.crd.projectcalico.org.yaml",
-        "crd/felixconfigurations.crd.projectcalico.org",
-    ),
-    (
-        "calico-v3/crd-felixconfigurations.projectcalico.org.yaml",
-        "crd/felixconfigurations.projectcalico.org",
-    ),
+const CRDS: [&str; 3] = [
+    "calico-v3/crd-ippools.projectcalico.org.yaml",
+    "calico-v3/crd-felixconfigurations.crd.projectcalico.org.yaml",
+    "calico-v3/crd-felixconfigurations.projectcalico.org.yaml",
 ];
 
 const POOL_V3: &str = "ippools.projectcalico.org/default-ipv4-ippool";
@@ -42,19 +33,10 @@ fn setup() -> Env {
     setup_with(&CRDS)
 }
 
-fn setup_with(crds: &[(&str, &str)]) -> Env {
+fn setup_with(crds: &[&str]) -> Env {
     let mut env = Env::start(&[]);
     env.calico_cluster(&[("node-a", Cond::Routed), ("node-b", Cond::None)], true);
-    for (file, crd) in crds {
-        env.kubectl(&["apply", "-f", fixture(file).to_str().unwrap()]);
-        env.kubectl(&[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=30s",
-            crd,
-        ]);
-    }
+    install_crds(&env.cp, crds);
     assert!(env.server.stop().is_some_and(|s| s.success()));
     env.server = Server::start(&env.dir.path().join("second"), env.cp.kubeconfig(), &[]);
     env.register_webhook();
@@ -102,12 +84,19 @@ fn v3_pools_and_felix_configurations_are_held_and_released_and_other_updates_pas
     );
 
     // The switches: each held, the object keeping its overlay.
-    for f in [
-        "calico-v3/ippool-native.yaml",
-        "calico-v3/felixconfiguration-default-native-v1.yaml",
-        "calico-v3/felixconfiguration-default-native-v3.yaml",
+    // Client-side apply, and server-side apply (another client path).
+    for (f, how) in [
+        ("calico-v3/ippool-native.yaml", &[][..]),
+        (
+            "calico-v3/felixconfiguration-default-native-v1.yaml",
+            &[][..],
+        ),
+        (
+            "calico-v3/felixconfiguration-default-native-v3.yaml",
+            &["--server-side", "--force-conflicts"][..],
+        ),
     ] {
-        let (ok, _, err) = env.apply(f, &[]);
+        let (ok, _, err) = env.apply(f, how);
         assert!(ok, "{f}: {err}");
         assert!(err.contains("overlay switch held"), "{f}: {err}");
     }
@@ -179,10 +168,7 @@ fn v3_pools_and_felix_configurations_are_held_and_released_and_other_updates_pas
 #[test]
 fn an_installation_switch_is_held_on_the_installation_and_released() {
     const INSTALLATION: &str = "installations.operator.tigera.io/default";
-    let env = setup_with(&[(
-        "tigera-operator/crd-installations.yaml",
-        "crd/installations.operator.tigera.io",
-    )]);
+    let env = setup_with(&["tigera-operator/crd-installations.yaml"]);
     let encapsulation =
         |i: &Value| i["spec"]["calicoNetwork"]["ipPools"][0]["encapsulation"].clone();
     let (ok, _, err) = env.apply("tigera-operator/installation-ipip.yaml", &[]);

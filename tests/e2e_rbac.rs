@@ -19,27 +19,15 @@ fn the_service_account_can_do_what_the_server_does_and_nothing_next_to_it() {
     let cp = controlplane::ControlPlane::start().expect("control plane");
     cp.api().install_ippool_crd();
     // The other install styles' kinds, so that `can-i` resolves them.
-    for crd in [
-        "calico-v3/crd-ippools.projectcalico.org.yaml",
-        "calico-v3/crd-felixconfigurations.crd.projectcalico.org.yaml",
-        "calico-v3/crd-felixconfigurations.projectcalico.org.yaml",
-        "tigera-operator/crd-installations.yaml",
-    ] {
-        cp.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
-            .unwrap();
-    }
-    cp.kubectl_ok(
+    install_crds(
+        &cp,
         &[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=30s",
-            "crd",
-            "--all",
+            "calico-v3/crd-ippools.projectcalico.org.yaml",
+            "calico-v3/crd-felixconfigurations.crd.projectcalico.org.yaml",
+            "calico-v3/crd-felixconfigurations.projectcalico.org.yaml",
+            "tigera-operator/crd-installations.yaml",
         ],
-        None,
-    )
-    .unwrap();
+    );
     let _ = manifest_service_account_kubeconfig(&cp, dir.path());
     let can = |args: &[&str]| -> bool {
         let mut full = vec!["auth", "can-i", "--as", SA];

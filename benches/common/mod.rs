@@ -76,6 +76,18 @@ pub fn feed_blocked_cluster(cluster: &Arc<Cluster>) {
 /// The webhook router of `st` plus `/fixed` (a fixed answer, the
 /// baseline), served over TLS on a free port: (port, CA PEM).
 pub async fn tls_server(st: Arc<AppState>) -> (u16, String) {
+    let fixed = axum::Router::new().route(
+        "/fixed",
+        axum::routing::post(|_b: axum::body::Bytes| async {
+            ([("content-type", "application/json")], "{}")
+        }),
+    );
+    serve_router_tls(server::webhook_router(st).merge(fixed)).await
+}
+
+/// `router` on our TLS stack (`server::serve_tls`), with a fresh serving
+/// certificate for 127.0.0.1, on a free port: (port, CA PEM).
+pub async fn serve_router_tls(router: axum::Router) -> (u16, String) {
     let bundle = overlay_switch_webhook::server::certs::generate(
         &["localhost".into()],
         &["127.0.0.1".parse().unwrap()],
@@ -89,13 +101,6 @@ pub async fn tls_server(st: Arc<AppState>) -> (u16, String) {
         )
         .unwrap(),
     );
-    let fixed = axum::Router::new().route(
-        "/fixed",
-        axum::routing::post(|_b: axum::body::Bytes| async {
-            ([("content-type", "application/json")], "{}")
-        }),
-    );
-    let router = server::webhook_router(st).merge(fixed);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(server::serve_tls(

@@ -1006,9 +1006,9 @@ pub const CLUSTER_CRD: &str = "gardener/10-crd-extensions.gardener.cloud_cluster
 pub const MANAGED_RESOURCE_CRD: &str =
     "gardener/10-crd-resources.gardener.cloud_managedresources.yaml";
 pub const EXTENSION_CRD: &str = "gardener/10-crd-extensions.gardener.cloud_extensions.yaml";
-/// Installs the seed's CRDs (Cluster, ManagedResource, Extension) and waits until they serve.
-pub fn install_seed_crds(cp: &ControlPlane) {
-    for crd in [CLUSTER_CRD, MANAGED_RESOURCE_CRD, EXTENSION_CRD] {
+/// Installs the CRDs of `files` (fixtures) and waits until every CRD serves.
+pub fn install_crds(cp: &ControlPlane, files: &[&str]) {
+    for crd in files {
         cp.kubectl_ok(&["apply", "-f", fixture(crd).to_str().unwrap()], None)
             .unwrap();
     }
@@ -1018,13 +1018,17 @@ pub fn install_seed_crds(cp: &ControlPlane) {
             "--for",
             "condition=established",
             "--timeout=30s",
-            "crd/clusters.extensions.gardener.cloud",
-            "crd/managedresources.resources.gardener.cloud",
-            "crd/extensions.extensions.gardener.cloud",
+            "crd",
+            "--all",
         ],
         None,
     )
     .unwrap();
+}
+
+/// Installs the seed's CRDs (Cluster, ManagedResource, Extension) and waits until they serve.
+pub fn install_seed_crds(cp: &ControlPlane) {
+    install_crds(cp, &[CLUSTER_CRD, MANAGED_RESOURCE_CRD, EXTENSION_CRD]);
 }
 
 /// The registration in a shoot namespace of the seed: the ManagedResource
