@@ -489,7 +489,7 @@ impl Sim {
             }
         });
         let review = admission::decode(body.to_string().as_bytes()).expect("a valid review");
-        let (resp, _) = self.webhook.judge(&review, self.now);
+        let (resp, _) = self.webhook.judge(review, self.now);
         if !resp.allowed {
             return None;
         }

@@ -199,19 +199,77 @@ pub fn intent_to(kind: CalicoKind, old: &Value, to: Option<&Value>) -> Patch {
 /// var is one `add`, not a cascade of replaces, so the patch still applies
 /// after an unrelated change elsewhere in the list's items (an image bump).
 pub fn guarded_diff(from: &Value, to: &Value, path: &PointerBuf, ops: &mut Vec<PatchOperation>) {
+    let mut at = Path(path.as_str().to_string());
+    diff_at(from, to, &mut at, ops);
+}
+
+/// An encoded JSON pointer that grows and shrinks as the diff walks down
+/// and back up (one buffer for the whole walk; a `PointerBuf` is made only
+/// for the ops emitted).
+struct Path(String);
+
+impl Path {
+    /// Appends `token`; returns the length to [`Path::truncate`] back to.
+    fn push<'t>(&mut self, token: impl Into<json_patch::jsonptr::Token<'t>>) -> usize {
+        let len = self.0.len();
+        self.0.push('/');
+        self.0.push_str(token.into().encoded());
+        len
+    }
+
+    fn push_index(&mut self, i: usize) -> usize {
+        use std::fmt::Write as _;
+        let len = self.0.len();
+        write!(self.0, "/{i}").expect("writing to a String");
+        len
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+
+    fn pointer(&self) -> PointerBuf {
+        PointerBuf::parse(self.0.clone()).expect("built from encoded tokens")
+    }
+
+    /// The pointer to `self` plus `token`, without changing `self`.
+    fn with(&mut self, token: &str) -> PointerBuf {
+        let len = self.push(token);
+        let p = self.pointer();
+        self.truncate(len);
+        p
+    }
+
+    fn with_index(&mut self, i: usize) -> PointerBuf {
+        let len = self.push_index(i);
+        let p = self.pointer();
+        self.truncate(len);
+        p
+    }
+}
+
+fn diff_at(from: &Value, to: &Value, path: &mut Path, ops: &mut Vec<PatchOperation>) {
+    // Most of a pod template is unchanged: comparing is cheaper than walking.
+    if from == to {
+        return;
+    }
     match (from, to) {
         (Value::Object(f), Value::Object(t)) => {
             for (k, v) in f {
                 if !t.contains_key(k) {
-                    guarded_remove(ops, path.with_trailing_token(k), v);
+                    let p = path.with(k);
+                    guarded_remove(ops, p, v);
                 }
             }
             for (k, v) in t {
-                let p = path.with_trailing_token(k);
                 match f.get(k) {
-                    Some(old) => guarded_diff(old, v, &p, ops),
+                    Some(old) => {
+                        let len = path.push(k.as_str());
+                        diff_at(old, v, path, ops);
+                        path.truncate(len);
+                    }
                     None => ops.push(PatchOperation::Add(AddOperation {
-                        path: p,
+                        path: path.with(k),
                         value: v.clone(),
                     })),
                 }
@@ -222,29 +280,34 @@ pub fn guarded_diff(from: &Value, to: &Value, path: &PointerBuf, ops: &mut Vec<P
             None => {
                 let common = f.len().min(t.len());
                 for i in 0..common {
-                    guarded_diff(&f[i], &t[i], &path.with_trailing_token(i.to_string()), ops);
+                    let len = path.push_index(i);
+                    diff_at(&f[i], &t[i], path, ops);
+                    path.truncate(len);
                 }
                 for i in (common..f.len()).rev() {
-                    guarded_remove(ops, path.with_trailing_token(i.to_string()), &f[i]);
+                    let p = path.with_index(i);
+                    guarded_remove(ops, p, &f[i]);
                 }
                 for (i, v) in t.iter().enumerate().skip(common) {
                     ops.push(PatchOperation::Add(AddOperation {
-                        path: path.with_trailing_token(i.to_string()),
+                        path: path.with_index(i),
                         value: v.clone(),
                     }));
                 }
             }
         },
-        _ if from == to => {}
-        _ => test_then(
-            ops,
-            path,
-            from,
-            PatchOperation::Replace(ReplaceOperation {
-                path: path.clone(),
-                value: to.clone(),
-            }),
-        ),
+        _ => {
+            let p = path.pointer();
+            test_then(
+                ops,
+                &p,
+                from,
+                PatchOperation::Replace(ReplaceOperation {
+                    path: p.clone(),
+                    value: to.clone(),
+                }),
+            )
+        }
     }
 }
 
@@ -272,43 +335,41 @@ fn list_key(f: &[Value], t: &[Value]) -> Option<&'static str> {
     crate::cluster::merge::list_key(&[f, t])
 }
 
-fn keyed_list_diff(
-    f: &[Value],
-    t: &[Value],
+fn keyed_list_diff<'a>(
+    f: &'a [Value],
+    t: &'a [Value],
     key: &str,
-    path: &PointerBuf,
+    path: &mut Path,
     ops: &mut Vec<PatchOperation>,
 ) {
-    let name = |v: &Value| {
-        v.get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let wanted: std::collections::HashSet<String> = t.iter().map(name).collect();
+    fn item_name<'v>(v: &'v Value, key: &str) -> &'v str {
+        v.get(key).and_then(Value::as_str).unwrap_or_default()
+    }
+    let name = |v: &'a Value| item_name(v, key);
+    let wanted: std::collections::HashSet<&str> = t.iter().map(name).collect();
     // Removals, from the end so that earlier indices stay valid.
     for i in (0..f.len()).rev() {
-        if !wanted.contains(&name(&f[i])) {
-            guarded_remove(ops, path.with_trailing_token(i.to_string()), &f[i]);
+        if !wanted.contains(name(&f[i])) {
+            let p = path.with_index(i);
+            guarded_remove(ops, p, &f[i]);
         }
     }
     // What is left, in its order; then bring each wanted item to its place.
-    let mut left: Vec<&Value> = f.iter().filter(|v| wanted.contains(&name(v))).collect();
+    let mut left: Vec<&Value> = f.iter().filter(|v| wanted.contains(name(v))).collect();
     for (j, want) in t.iter().enumerate() {
         let k = name(want);
-        let at = path.with_trailing_token(j.to_string());
         match left.iter().position(|v| name(v) == k) {
             Some(p) => {
                 if p != j {
-                    let from = path.with_trailing_token(p.to_string());
+                    let from = path.with_index(p);
                     let key_path = from.with_trailing_token(key);
                     test_then(
                         ops,
                         &key_path,
-                        &Value::String(k.clone()),
+                        &Value::String(k.to_string()),
                         PatchOperation::Move(json_patch::MoveOperation {
                             from,
-                            path: at.clone(),
+                            path: path.with_index(j),
                         }),
                     );
                     let item = left.remove(p);
@@ -319,18 +380,20 @@ fn keyed_list_diff(
                 // shifted meanwhile is a conflict, never a change to the
                 // wrong container or env var.
                 let mark = ops.len();
-                guarded_diff(left[j], want, &at, ops);
+                let len = path.push_index(j);
+                diff_at(left[j], want, path, ops);
                 if ops.len() > mark {
                     let name_test = PatchOperation::Test(TestOperation {
-                        path: at.with_trailing_token(key),
-                        value: Value::String(k.clone()),
+                        path: path.with(key),
+                        value: Value::String(k.to_string()),
                     });
                     ops.insert(mark, name_test);
                 }
+                path.truncate(len);
             }
             None => {
                 ops.push(PatchOperation::Add(AddOperation {
-                    path: at,
+                    path: path.with_index(j),
                     value: want.clone(),
                 }));
                 left.insert(j, want);

@@ -44,7 +44,7 @@ impl Webhook {
     pub fn review(&self, body: &[u8]) -> (Vec<u8>, Outcome) {
         let started = Instant::now();
         let (resp, outcome) = match admission::decode(body) {
-            Ok(review) => self.judge(&review, Timestamp::now()),
+            Ok(review) => self.judge(review, Timestamp::now()),
             Err((uid, error)) => {
                 let message = error.to_string();
                 let outcome = Outcome {
@@ -73,8 +73,43 @@ impl Webhook {
     }
 
     /// The decision for a decoded review at time `now` (pure but for the
-    /// caches it reads and the local-hold note).
-    pub fn judge(&self, review: &Review, now: Timestamp) -> (AdmissionResponse, Outcome) {
+    /// caches it reads and the local-hold note). The review is consumed: a
+    /// patch is checked by applying it to the object itself, not a copy.
+    pub fn judge(&self, mut review: Review, now: Timestamp) -> (AdmissionResponse, Outcome) {
+        let (resp, patch, outcome) = self.decide(&review, now);
+        if patch.0.is_empty() {
+            return (resp, outcome);
+        }
+        // A patch that does not apply to the object would fail the request
+        // with an unclear API server error: refuse it with a clear one
+        // instead (nothing is changed, nothing lost). Found by fuzzing: an
+        // object whose metadata or held part is not an object.
+        let applies = match review.object.as_mut() {
+            Some(object) => json_patch::patch(object, &shape_of(&patch)).map_err(|e| e.to_string()),
+            None => Err("the review carries no object".into()),
+        };
+        if let Err(why) = applies {
+            let mut outcome = outcome;
+            outcome.decision = Decision::Error;
+            outcome.verdict = "refused";
+            let msg = format!(
+                "overlay-switch-webhook cannot change this object as it must ({why}); the object is not what a {} should look like",
+                review.request.kind.kind
+            );
+            outcome.message = Some(msg.clone());
+            return (AdmissionResponse::from(&review.request).deny(msg), outcome);
+        }
+        let resp = resp.with_patch(patch).expect("a JSON patch serializes");
+        (resp, outcome)
+    }
+
+    /// The decision, and the patch (possibly empty) to answer with.
+    fn decide(
+        &self,
+        review: &Review,
+        now: Timestamp,
+    ) -> (AdmissionResponse, json_patch::Patch, Outcome) {
+        let no_patch = || json_patch::Patch(Vec::new());
         let req = &review.request;
         let settings = &self.cluster.settings;
         let mut outcome = Outcome {
@@ -103,11 +138,12 @@ impl Webhook {
         if let (Some(k), Operation::Delete) = (calico, &req.operation)
             && k.is_pool()
         {
-            return self.judge_pool_deletion(review, now, outcome, allow);
+            let (resp, outcome) = self.judge_pool_deletion(review, now, outcome, allow);
+            return (resp, no_patch(), outcome);
         }
         // CREATE and CONNECT are never held; other objects get no patch.
         let (Some(kind), Operation::Update) = (calico, &req.operation) else {
-            return (allow, outcome);
+            return (allow, no_patch(), outcome);
         };
         let (Some(old), Some(new)) = (&review.old_object, &review.object) else {
             outcome.decision = Decision::Error;
@@ -116,6 +152,7 @@ impl Webhook {
             outcome.message = Some(msg.into());
             return (
                 admission::error_response(Some(req.uid.clone()), msg),
+                no_patch(),
                 outcome,
             );
         };
@@ -173,8 +210,7 @@ impl Webhook {
                     review.namespaced_name()
                 );
                 outcome.message = Some(msg.clone());
-                let resp = allow.deny(msg);
-                return (resp, outcome);
+                return (allow.deny(msg), no_patch(), outcome);
             }
         };
         let joins = joined.as_ref().is_some_and(|j| j.merged.is_some());
@@ -206,18 +242,11 @@ impl Webhook {
             action,
         };
         let verdict = gate::decide(&situation);
-        let with_patch = |resp: AdmissionResponse, patch: json_patch::Patch| {
-            if patch.0.is_empty() {
-                resp
-            } else {
-                resp.with_patch(patch).expect("a JSON patch serializes")
-            }
-        };
-        let (mut resp, outcome) = match verdict {
+        let (mut resp, patch, outcome) = match verdict {
             // (strips a stray action marker, if any)
             // Nothing held here: a record or action marker the update brings
             // along (a copied manifest, a planted annotation) is removed.
-            Verdict::Admit => (with_patch(allow, hold::clear_record_patch(new)), outcome),
+            Verdict::Admit => (allow, hold::clear_record_patch(new), outcome),
             Verdict::Pass { released } => {
                 outcome.verdict = if released { "released" } else { "passed" };
                 if !req.dry_run {
@@ -231,18 +260,18 @@ impl Webhook {
                 } else {
                     hold::clear_record_patch(new)
                 };
-                (with_patch(allow, patch), outcome)
+                (allow, patch, outcome)
             }
             Verdict::Cancel => {
                 outcome.verdict = "cancelled";
                 if !req.dry_run {
                     self.cluster.held.forget_local_hold(&key);
                 }
-                (with_patch(allow, hold::clear_record_patch(new)), outcome)
+                (allow, hold::clear_record_patch(new), outcome)
             }
             Verdict::KeepRecord => {
                 outcome.verdict = "pending";
-                let mut resp = with_patch(allow, hold::keep_record_patch(old, new));
+                let mut resp = allow;
                 let r = old_record.as_ref().expect("KeepRecord needs a record");
                 let state = if toggle.synced && !toggle.guard {
                     "the guard is off; it is applied once every node has its route".to_string()
@@ -260,7 +289,7 @@ impl Webhook {
                     settings.calico_namespace
                 );
                 resp.warnings = Some(vec![warning]);
-                (resp, outcome)
+                (resp, hold::keep_record_patch(old, new), outcome)
             }
             Verdict::Hold(why) => {
                 let switch = switch.expect("only switches are held");
@@ -289,7 +318,7 @@ impl Webhook {
                             "overlay switch must be held ({why}) but cannot be recorded: {e}"
                         );
                         outcome.message = Some(msg.clone());
-                        return (allow.deny(msg), outcome);
+                        return (allow.deny(msg), no_patch(), outcome);
                     }
                 };
                 outcome.decision = Decision::Held;
@@ -298,34 +327,19 @@ impl Webhook {
                 if !req.dry_run {
                     self.cluster.held.note_local_hold(key);
                 }
-                let mut resp = with_patch(allow, patch);
+                let mut resp = allow;
                 let mut warnings = vec![format!("overlay switch held: {why}")];
                 if let Some(j) = &joined {
                     warnings.push(j.describe(&record));
                 }
                 resp.warnings = Some(warnings);
-                (resp, outcome)
+                (resp, patch, outcome)
             }
         };
         if let Some(w) = damaged {
             resp.warnings.get_or_insert_with(Vec::new).push(w);
         }
-        // A patch that does not apply to the object would fail the request
-        // with an unclear API server error: refuse it with a clear one
-        // instead (nothing is changed, nothing lost). Found by fuzzing: an
-        // object whose metadata or held part is not an object.
-        if let Some(why) = resp.patch.as_deref().and_then(|p| patch_misfit(p, new)) {
-            let mut outcome = outcome;
-            outcome.decision = Decision::Error;
-            outcome.verdict = "refused";
-            let msg = format!(
-                "overlay-switch-webhook cannot change this object as it must ({why}); the object is not what a {} should look like",
-                req.kind.kind
-            );
-            outcome.message = Some(msg.clone());
-            return (AdmissionResponse::from(req).deny(msg), outcome);
-        }
-        (resp, outcome)
+        (resp, patch, outcome)
     }
 }
 
@@ -394,15 +408,108 @@ impl Webhook {
     }
 }
 
-/// Why the serialized JSON patch `patch` does not apply to `object` (`None`
-/// when it does).
-fn patch_misfit(patch: &[u8], object: &serde_json::Value) -> Option<String> {
-    let patch: json_patch::Patch = match serde_json::from_slice(patch) {
-        Ok(p) => p,
-        Err(e) => return Some(format!("the patch cannot be read: {e}")),
+/// `patch` with the value of every `add` and `replace` that no later op
+/// reaches into set to `null`: it applies to an object exactly when
+/// `patch` does (whether an op applies depends on the containers along its
+/// path, and on the values a `test` compares, never on a value no later op
+/// reads), without copying the large values (a whole pod template).
+fn shape_of(patch: &json_patch::Patch) -> json_patch::Patch {
+    use json_patch::PatchOperation as Op;
+    let ops = &patch.0;
+    // Paths later ops read: their own path and, for move/copy, `from`.
+    let read_under = |i: usize, path: &str| {
+        // An append (`-`) gives no index a later op could name: kept.
+        path.ends_with("/-")
+            || ops[i + 1..].iter().any(|later| {
+                let mut paths = vec![later.path().as_str()];
+                match later {
+                    Op::Move(m) => paths.push(m.from.as_str()),
+                    Op::Copy(c) => paths.push(c.from.as_str()),
+                    _ => {}
+                }
+                paths
+                    .iter()
+                    .any(|p| *p == path || p.strip_prefix(path).is_some_and(|r| r.starts_with('/')))
+            })
     };
-    let mut copy = object.clone();
-    json_patch::patch(&mut copy, &patch)
-        .err()
-        .map(|e| e.to_string())
+    let ops = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| match op {
+            Op::Add(a) if !read_under(i, a.path.as_str()) => Op::Add(json_patch::AddOperation {
+                path: a.path.clone(),
+                value: serde_json::Value::Null,
+            }),
+            Op::Replace(r) if !read_under(i, r.path.as_str()) => {
+                Op::Replace(json_patch::ReplaceOperation {
+                    path: r.path.clone(),
+                    value: serde_json::Value::Null,
+                })
+            }
+            other => other.clone(),
+        })
+        .collect();
+    json_patch::Patch(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shape_of;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// Small documents whose containers are sometimes not containers.
+    fn doc() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![Just(Value::Null), Just(json!("s")), Just(json!(1))];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map(prop_oneof![Just("a"), Just("b")], inner, 0..3)
+                    .prop_map(|m| json!(m)),
+            ]
+        })
+    }
+
+    fn op() -> impl Strategy<Value = Value> {
+        let path = prop::collection::vec(
+            prop_oneof![Just("a"), Just("b"), Just("0"), Just("-")],
+            0..4,
+        )
+        .prop_map(|t| t.iter().map(|t| format!("/{t}")).collect::<String>());
+        (
+            prop_oneof![Just("add"), Just("replace"), Just("remove"), Just("test")],
+            path,
+            doc(),
+        )
+            .prop_map(|(op, path, value)| json!({"op": op, "path": path, "value": value}))
+    }
+
+    proptest! {
+        /// The shape applies exactly where the patch does.
+        #[test]
+        fn the_shape_of_a_patch_applies_where_the_patch_does(
+            d in doc(), ops in prop::collection::vec(op(), 1..5)
+        ) {
+            let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
+            let (mut a, mut b) = (d.clone(), d);
+            prop_assert_eq!(
+                json_patch::patch(&mut a, &patch).is_ok(),
+                json_patch::patch(&mut b, &shape_of(&patch)).is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn the_shape_drops_values_no_later_op_reads() {
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "replace", "path": "/spec/template", "value": {"big": [1, 2, 3]}},
+            {"op": "add", "path": "/metadata/annotations", "value": {}},
+            {"op": "add", "path": "/metadata/annotations/k", "value": "v"}
+        ]))
+        .unwrap();
+        let shape = serde_json::to_value(shape_of(&patch)).unwrap();
+        assert_eq!(shape[0]["value"], Value::Null);
+        assert_eq!(shape[1]["value"], json!({}), "a later op adds into it");
+        assert_eq!(shape[2]["value"], Value::Null);
+    }
 }
