@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use overlay_switch_webhook::cluster::{Cluster, Settings};
 use overlay_switch_webhook::server::AppState;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Counts live heap bytes, for the memory figures.
 struct Counting;
@@ -44,41 +44,13 @@ fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
 
-/// A Node as a cloud cluster has it (conditions, addresses, images, labels).
 fn realistic_node(i: usize, routed: bool) -> k8s_openapi::api::core::v1::Node {
-    let cond = |t: &str, s: &str, r: &str| {
-        json!({"type": t, "status": s, "reason": r, "message": "kubelet is posting ready status",
-        "lastHeartbeatTime": "2026-11-26T10:00:00Z", "lastTransitionTime": "2026-11-26T09:00:00Z"})
-    };
-    let images: Vec<Value> = (0..20)
-        .map(|k| json!({"names": [format!("registry.example/team/image-{k}@sha256:{:064x}", k), format!("registry.example/team/image-{k}:v1.{k}")], "sizeBytes": 12345678 + k}))
-        .collect();
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("shoot--proj--name-worker-z1-{i:05}"), "uid": format!("{i:08}-0000-0000-0000-000000000000"),
-            "resourceVersion": "123456", "labels": {"kubernetes.io/hostname": format!("ip-10-250-{}-{}", i / 250, i % 250),
-            "node.kubernetes.io/instance-type": "m5.large", "topology.kubernetes.io/zone": "eu-west-1a", "worker.gardener.cloud/pool": "worker-z1"},
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
-        "spec": {"podCIDR": format!("100.64.{}.0/24", i % 256), "providerID": format!("aws:///eu-west-1a/i-{i:017x}")},
-        "status": {
-            "conditions": [
-                if routed { cond("NetworkUnavailable", "False", "RouteCreated") } else { cond("NetworkUnavailable", "True", "NoRouteCreated") },
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
-                cond("Ready", "True", "KubeletReady")],
-            "addresses": [{"type": "InternalIP", "address": format!("10.250.{}.{}", i / 250, i % 250)}, {"type": "Hostname", "address": "ip"}],
-            "nodeInfo": {"kubeletVersion": "v1.34.4", "osImage": "Garden Linux", "kernelVersion": "6.12", "containerRuntimeVersion": "containerd://2.1",
-                "architecture": "amd64", "operatingSystem": "linux", "machineID": "m", "systemUUID": "u", "bootID": "b", "kubeProxyVersion": ""},
-            "images": images,
-            "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"}, "allocatable": {"cpu": "1920m", "memory": "7Gi", "pods": "110"}
-        }
-    }))
-    .unwrap()
+    serde_json::from_value(common::realistic_node_json(i, routed)).unwrap()
 }
 
 /// The route cache's memory and answer time, against keeping whole Node
 /// objects (what a reflector store of Nodes would hold).
-fn route_cache_figures() {
+fn route_cache_figures() -> String {
     use overlay_switch_webhook::cluster::routes::RouteCache;
     use overlay_switch_webhook::cluster::watch::Store as _;
     const N: usize = 5000;
@@ -97,22 +69,6 @@ fn route_cache_figures() {
     cache.relist_done();
     let cache_bytes = live() - before;
     drop(whole);
-    println!("route cache, {N} realistic nodes (1 in 100 without route):");
-    println!(
-        "  baseline whole Node objects   {:>8} KiB ({} B/node)",
-        whole_bytes / 1024,
-        whole_bytes / N as isize
-    );
-    println!(
-        "  compact route cache           {:>8} KiB ({} B/node)",
-        cache_bytes / 1024,
-        cache_bytes / N as isize
-    );
-    println!(
-        "  ratio cache/whole             {:.3}x",
-        cache_bytes as f64 / whole_bytes as f64
-    );
-
     // Answers are O(1): the same question against 10 and 5000 nodes.
     let small = RouteCache::new("RouteCreated");
     small.relist_begin();
@@ -126,10 +82,18 @@ fn route_cache_figures() {
     let (l_med, _) = measure(20000, 1000, || {
         std::hint::black_box(cache.snapshot(3));
     });
-    println!(
-        "  snapshot(3 names): 10 nodes {s_med:.1?}, {N} nodes {l_med:.1?}, ratio {:.2}x",
+    format!(
+        "\n### Route cache memory and gate answer, {N} realistic nodes in process\n\n\
+         | Figure | Ours | Baseline | Ratio |\n|---|---|---|---|\n\
+         | heap for {N} nodes (1 in 100 without route) | route cache {} KiB ({} B/node) | whole Node objects {} KiB ({} B/node) | {:.3}x |\n\
+         | gate snapshot (3 names) | {N} nodes {l_med:.1?} | 10 nodes {s_med:.1?} | {:.2}x |\n",
+        cache_bytes / 1024,
+        cache_bytes / N as isize,
+        whole_bytes / 1024,
+        whole_bytes / N as isize,
+        cache_bytes as f64 / whole_bytes as f64,
         l_med.as_secs_f64() / s_med.as_secs_f64()
-    );
+    )
 }
 
 /// Median and p99 of `n` timed runs of `f`, after `warm` untimed ones.
@@ -149,7 +113,7 @@ fn measure(n: usize, warm: usize, mut f: impl FnMut()) -> (Duration, Duration) {
 }
 
 mod common;
-use common::{feed_blocked_cluster, review_body};
+use common::{Stats, feed_blocked_cluster, report, review_body, verdict};
 
 fn state(cluster: Arc<Cluster>) -> Arc<AppState> {
     AppState::new(cluster, None)
@@ -157,40 +121,57 @@ fn state(cluster: Arc<Cluster>) -> Arc<AppState> {
 
 fn main() {
     let body = review_body();
-    println!(
-        "review body: {} bytes (Gardener calico-node DaemonSet, overlay-ipip -> native)",
-        body.len()
-    );
-
     // The cluster as the webhook sees it with the guard on and one node blocked:
     // every review is a held switch (the most work the webhook does).
     let cluster = Cluster::new(Settings::default());
     feed_blocked_cluster(&cluster);
     let st = state(cluster);
 
-    let (base_med, base_p99) = measure(2000, 200, || {
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        std::hint::black_box(v);
-    });
-    let (ours_med, ours_p99) = measure(2000, 200, || {
-        let (out, outcome) = st.webhook.review(&body);
-        assert_eq!(outcome.verdict, "held");
-        std::hint::black_box(out);
-    });
-    println!("in-process:");
-    println!("  baseline serde_json::Value parse  median {base_med:>10.1?}  p99 {base_p99:>10.1?}");
-    println!("  webhook review (held, patch)      median {ours_med:>10.1?}  p99 {ours_p99:>10.1?}");
-    println!(
-        "  ratio webhook/baseline            median {:.2}x  p99 {:.2}x",
-        ours_med.as_secs_f64() / base_med.as_secs_f64(),
-        ours_p99.as_secs_f64() / base_p99.as_secs_f64()
+    // Rounds of both, interleaved: each round's medians and their ratio.
+    let rounds = if common::quick() { 3 } else { 7 };
+    let n = if common::quick() { 300 } else { 1000 };
+    let (mut base, mut ours, mut ratio) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let (b, _) = measure(n, n / 10, || {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            std::hint::black_box(v);
+        });
+        let (o, _) = measure(n, n / 10, || {
+            let (out, outcome) = st.webhook.review(&body);
+            assert_eq!(outcome.verdict, "held");
+            std::hint::black_box(out);
+        });
+        base.push(b.as_secs_f64() * 1e6);
+        ours.push(o.as_secs_f64() * 1e6);
+        ratio.push(o.as_secs_f64() / b.as_secs_f64());
+    }
+    let r = Stats::of(ratio);
+    let mut md = format!(
+        "## In-process review\n\n`cargo bench --bench admission`. The review of Gardener's calico-node \
+         DaemonSet, overlay -> native ({} bytes), held with the hold patch; {rounds} rounds of {n}, \
+         interleaved; min / **median** / max of the round medians.\n\n\
+         | Figure | µs | Target | |\n|---|---|---|---|\n\
+         | baseline: `serde_json::Value` parse of the body | {} | | |\n\
+         | webhook review (decode, judge, hold patch, encode) | {} | | |\n\
+         | ratio review / parse | {} | <= 2.0x | {} |\n",
+        body.len(),
+        Stats::of(base).show(0),
+        Stats::of(ours).show(0),
+        r.show(2),
+        verdict(r.median <= 2.0)
     );
-
-    over_tls(&body, st);
-    route_cache_figures();
+    if r.median > 2.0 {
+        md += "\n**Why the 2.0x target is missed.** See *Profiles* below: after the parse (which the \
+            baseline also does), the rest is building and serializing the patch (the old pod template, \
+            about 7 KB, and the recorded intent, about 5 KB, escaped into an annotation), the intent's \
+            diff, and reading the overlay of both objects.\n";
+    }
+    md += &over_tls(&body, st);
+    md += &route_cache_figures();
+    report("10-admission", &md);
 }
 
-fn over_tls(body: &[u8], st: Arc<AppState>) {
+fn over_tls(body: &[u8], st: Arc<AppState>) -> String {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -225,13 +206,14 @@ fn over_tls(body: &[u8], st: Arc<AppState>) {
         };
         let (bm, bp) = run("/fixed").await;
         let (om, op) = run("/mutate").await;
-        println!("over TLS (keep-alive, same body):");
-        println!("  baseline fixed response          median {bm:>10.1?}  p99 {bp:>10.1?}");
-        println!("  webhook /mutate (held, patch)    median {om:>10.1?}  p99 {op:>10.1?}");
-        println!(
-            "  ratio webhook/baseline           median {:.2}x  p99 {:.2}x",
+        format!(
+            "\n### One request at a time over TLS\n\nKeep-alive, the same body, 500 POSTs each (after 100).\n\n\
+             | Case | median | p99 |\n|---|---|---|\n\
+             | baseline: fixed response, same server | {bm:.1?} | {bp:.1?} |\n\
+             | webhook `/mutate` (held, patch) | {om:.1?} | {op:.1?} |\n\
+             | ratio | {:.2}x | {:.2}x |\n",
             om.as_secs_f64() / bm.as_secs_f64(),
             op.as_secs_f64() / bp.as_secs_f64()
-        );
-    });
+        )
+    })
 }

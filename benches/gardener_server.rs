@@ -17,6 +17,7 @@
 //! single-cluster server judging the same cluster, interleaved in the same
 //! run (ratio; target <= 1.5), and the same for the last shoot's path.
 
+mod common;
 #[path = "../tests/controlplane/mod.rs"]
 mod controlplane;
 #[path = "../tests/e2e_support/mod.rs"]
@@ -24,6 +25,7 @@ mod e2e_support;
 
 use std::time::{Duration, Instant};
 
+use common::{cpu_secs, rss_mib};
 use e2e_support::{GUARD, Server, eventually, fixture};
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -34,20 +36,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// (RSS, peak RSS) of a process in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
 /// Open sockets of a process (its connections).
@@ -62,19 +50,6 @@ fn sockets(pid: u32) -> usize {
                 .count()
         })
         .unwrap_or(0)
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
 }
 
 fn nu(status: &str, reason: &str) -> Value {

@@ -127,3 +127,115 @@ pub fn client(ca_pem: &str, connections: usize) -> reqwest::Client {
     }
     b.build().unwrap()
 }
+
+/// min / median / max of a sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(mut v: Vec<f64>) -> Stats {
+        assert!(!v.is_empty(), "no samples");
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        Stats {
+            min: v[0],
+            median: v[v.len() / 2],
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// `min / median / max` with `digits` decimals.
+    pub fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.d$} / **{:.d$}** / {:.d$}",
+            self.min,
+            self.median,
+            self.max,
+            d = digits
+        )
+    }
+}
+
+/// `BENCH_QUICK=1`: a fast look (fewer rounds, shorter runs).
+pub fn quick() -> bool {
+    std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Writes one bench's section of `BENCHMARKS.md` (markdown) to
+/// `target/bench-report/<name>.md`, which `make bench` puts together, and
+/// prints it.
+pub fn report(name: &str, markdown: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-report");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.md")), markdown).unwrap();
+    println!("{markdown}");
+}
+
+/// A target's verdict for the report.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+/// A Node as a cloud cluster has it (conditions, addresses, images, labels),
+/// as JSON; `routed`: the route controller's `RouteCreated`, else
+/// `NoRouteCreated`.
+pub fn realistic_node_json(i: usize, routed: bool) -> Value {
+    let cond = |t: &str, s: &str, r: &str| {
+        json!({"type": t, "status": s, "reason": r, "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": "2026-11-26T10:00:00Z", "lastTransitionTime": "2026-11-26T09:00:00Z"})
+    };
+    let images: Vec<Value> = (0..20)
+        .map(|k| json!({"names": [format!("registry.example/team/image-{k}@sha256:{:064x}", k), format!("registry.example/team/image-{k}:v1.{k}")], "sizeBytes": 12345678 + k}))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": format!("shoot--proj--name-worker-z1-{i:05}"),
+            "labels": {"kubernetes.io/hostname": format!("ip-10-250-{}-{}", i / 250, i % 250),
+            "node.kubernetes.io/instance-type": "m5.large", "topology.kubernetes.io/zone": "eu-west-1a", "worker.gardener.cloud/pool": "worker-z1"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+        "spec": {"podCIDR": format!("100.{}.{}.0/24", 64 + i / 256, i % 256), "providerID": format!("aws:///eu-west-1a/i-{i:017x}")},
+        "status": {
+            "conditions": [
+                if routed { cond("NetworkUnavailable", "False", "RouteCreated") } else { cond("NetworkUnavailable", "True", "NoRouteCreated") },
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+                cond("Ready", "True", "KubeletReady")],
+            "addresses": [{"type": "InternalIP", "address": format!("10.250.{}.{}", i / 250, i % 250)}, {"type": "Hostname", "address": "ip"}],
+            "nodeInfo": {"kubeletVersion": "v1.34.4", "osImage": "Garden Linux", "kernelVersion": "6.12", "containerRuntimeVersion": "containerd://2.1",
+                "architecture": "amd64", "operatingSystem": "linux", "machineID": "m", "systemUUID": "u", "bootID": "b", "kubeProxyVersion": ""},
+            "images": images,
+            "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"}, "allocatable": {"cpu": "1920m", "memory": "7Gi", "pods": "110"}
+        }
+    })
+}
+
+/// A process's resident memory and its peak (VmRSS, VmHWM), MiB.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// A process's CPU time so far (user + system), seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
