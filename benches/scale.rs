@@ -221,7 +221,7 @@ fn main() {
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
             let i = k % nodes;
             let name = format!("shoot--proj--name-worker-z1-{i:05}");
-            let mut conditions = vec![json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+            let conditions = vec![json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
                 "message": "kubelet is posting ready status", "lastHeartbeatTime": now})];
             if k % 25 == 0 {
                 // A flapper's route comes or goes.
@@ -238,7 +238,7 @@ fn main() {
                         .await;
                 }));
             }
-            let body = json!({"status": {"conditions": conditions.drain(..).collect::<Vec<_>>()}});
+            let body = json!({"status": {"conditions": conditions}});
             handles.push(tokio::spawn(async move {
                 match api
                     .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&body))
