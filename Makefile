@@ -85,8 +85,11 @@ dev-up: build controlplane
 dev-down:
 	@scripts/demo.sh down
 
+## Every bench (BENCH_QUICK=1: a fast look), then BENCHMARKS.md from their sections.
 bench: controlplane
+	rm -rf target/bench-report
 	$(CARGO) bench $(LOCKED)
+	scripts/bench-report.sh > BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

@@ -143,7 +143,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    let env = Env::start(&["--release=false"]);
+    let mut env = Env::start(&["--release=false"]);
     env.calico_cluster(&[("node-a", Cond::Routed), ("node-b", Cond::None)], true);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -277,4 +277,34 @@ fn main() {
             kube-apiserver spends that time, and what was tried.\n";
     }
     report("20-dryrun", &md);
+
+    // `DRYRUN_PROFILE=1`: kube-apiserver's CPU profile (its /debug/pprof)
+    // over 8 s of PUTs, with the fixed answer without and with our record
+    // patch, into target/bench-report/apiserver-*.pprof (read them with
+    // `go tool pprof -top`); how benches/PROFILES.md was made.
+    if std::env::var("DRYRUN_PROFILE").is_ok() {
+        // The harness starts it with --profiling=false; the last flag wins.
+        env.cp.kill_apiserver();
+        env.cp
+            .start_apiserver_again_with(&["--profiling=true".into()])
+            .unwrap();
+        env.kubectl(&["delete", "mutatingwebhookconfiguration", ours]);
+        env.kubectl_in(&["apply", "-f", "-"], &fixed_registration(port, &ca));
+        std::thread::sleep(Duration::from_secs(2));
+        for (name, a) in [("allow", Answer::Allow), ("record", Answer::RecordOnly)] {
+            *shared.lock().unwrap() = (a, None);
+            let mut kubectl = env.cp.kubectl();
+            kubectl.args(["get", "--raw", "/debug/pprof/profile?seconds=8"]);
+            let profile = std::thread::spawn(move || kubectl.output().unwrap().stdout);
+            let deadline = Instant::now() + Duration::from_secs(9);
+            while Instant::now() < deadline {
+                measure(a != Answer::Allow);
+            }
+            let bytes = profile.join().unwrap();
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("target/bench-report/apiserver-{name}.pprof"));
+            std::fs::write(&path, bytes).unwrap();
+            eprintln!("kube-apiserver profile: {}", path.display());
+        }
+    }
 }

@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(()); // `cargo test --benches` lists; nothing to list
     }
-    let shoots = env_usize("OSW_BENCH_SHOOTS", 200);
+    let shoots = env_usize("OSW_BENCH_SHOOTS", if common::quick() { 20 } else { 200 });
     let nodes = env_usize("OSW_BENCH_NODES", 100);
     println!(
         "gardener_server: {shoots} shoots x {nodes} nodes, one real kube-apiserver plays them all"
@@ -320,49 +320,59 @@ async fn main() -> anyhow::Result<()> {
     }
     let median = |i: usize| percentile(&times[i], 0.5);
 
-    println!(
+    let mut out: Vec<String> = vec![];
+    out.push(format!(
         "  sync of every shoot: {:.1} s wall, {sync_cpu:.2} s CPU",
         sync_wall.as_secs_f64()
-    );
-    println!(
+    ));
+    out.push(format!(
         "  RSS: {rss_synced:.1} MiB once synced, {rss:.1} MiB after the node burst (peak {peak:.1} MiB); target < 100 MB: {}",
         if peak * 1.048_576 < 100.0 {
             "PASS"
         } else {
             "MISS"
         }
-    );
-    println!(
+    ));
+    out.push(format!(
         "  baseline: a single-cluster server on the same cluster: {single_rss:.1} MiB; per shoot beyond it: {:.0} KiB ({:.2} KiB per node); ratio {:.1}x for {shoots}x the clusters",
         (rss - single_rss) * 1024.0 / shoots as f64,
         (rss - single_rss) * 1024.0 / (shoots * nodes) as f64,
         rss / single_rss
-    );
-    println!(
+    ));
+    out.push(format!(
         "  open sockets of the server: {open_sockets} ({:.1} per shoot)",
         open_sockets as f64 / shoots as f64
-    );
-    println!(
+    ));
+    out.push(format!(
         "  CPU at rest: {:.2}% of one core over {rest:?}",
         rest_cpu / rest.as_secs_f64() * 100.0
-    );
-    println!(
+    ));
+    out.push(format!(
         "  CPU per node event: {:.1} us ({events} events, {burst_cpu:.2} s)",
         burst_cpu / events as f64 * 1e6
-    );
+    ));
     for (i, (what, _, _)) in targets.iter().enumerate() {
-        println!(
+        out.push(format!(
             "  decision over TLS, {what:>10}: median {:>7.0} us, p99 {:>7.0} us",
             median(i).as_secs_f64() * 1e6,
             percentile(&times[i], 0.99).as_secs_f64() * 1e6
-        );
+        ));
     }
     let ratio = median(1).as_secs_f64() / median(0).as_secs_f64();
     let last = median(2).as_secs_f64() / median(1).as_secs_f64();
-    println!(
+    out.push(format!(
         "  decision ratio shoot 0 / single cluster: {ratio:.2} (target <= 1.5: {}); last shoot / shoot 0: {last:.2}",
         if ratio <= 1.5 { "PASS" } else { "MISS" }
+    ));
+    let md = format!(
+        "## Gardener mode: one server, many shoots\n\n`cargo bench --bench gardener_server`. \
+         {shoots} shoots of {nodes} nodes each, served by one `serve --gardener` process.\n\n{}\n",
+        out.iter()
+            .map(|l| format!("- {}", l.trim()))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
+    common::report("60-gardener", &md);
     drop(single);
     drop(gardener);
     drop(cp);
