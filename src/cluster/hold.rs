@@ -135,7 +135,9 @@ impl Record {
         Ok(())
     }
 
-    fn annotation_values(&self) -> Result<[(&'static str, String); 3], RecordError> {
+    /// The record's three annotations (key, value); an intent too large
+    /// for an annotation is an error.
+    pub fn annotation_values(&self) -> Result<[(&'static str, String); 3], RecordError> {
         let intent = serde_json::to_string(&self.intent).expect("patch serializes");
         if intent.len() > MAX_INTENT_BYTES {
             return Err(RecordError::TooLarge(intent.len()));
@@ -448,15 +450,32 @@ pub fn hold_patch(
     new: &Value,
     record: &Record,
 ) -> Result<Patch, RecordError> {
-    let mut ops = held_part_ops(kind, new, old.pointer(held_pointer(kind)));
-    let values = record.annotation_values()?;
-    let wanted: Vec<(&str, Option<String>)> = values
+    let old_part = old.pointer(held_pointer(kind)).cloned();
+    Ok(hold_patch_from(
+        kind,
+        old_part,
+        new,
+        record.annotation_values()?,
+    ))
+}
+
+/// [`hold_patch`] from its parts: `old_part`, the old object's held part
+/// (`None` = absent; moved into the patch, not copied), and the record's
+/// [`Record::annotation_values`].
+pub fn hold_patch_from(
+    kind: CalicoKind,
+    old_part: Option<Value>,
+    new: &Value,
+    annotations: [(&'static str, String); 3],
+) -> Patch {
+    let mut ops = held_part_ops_owned(kind, new, old_part);
+    let wanted: Vec<(&str, Option<String>)> = annotations
         .into_iter()
         .map(|(k, v)| (k, Some(v)))
         .chain([(ACTION_ANNOTATION, None)])
         .collect();
     ops.extend(set_annotations(new, &wanted));
-    Ok(Patch(ops))
+    Patch(ops)
 }
 
 /// A switch that goes through: `new`'s held part becomes `target` (the
@@ -470,17 +489,19 @@ pub fn pass_patch(kind: CalicoKind, new: &Value, target: Option<&Value>) -> Patc
 
 /// The ops that make `obj`'s held part equal `part` (`None` = absent).
 fn held_part_ops(kind: CalicoKind, obj: &Value, part: Option<&Value>) -> Vec<PatchOperation> {
+    if obj.pointer(held_pointer(kind)) == part {
+        return vec![];
+    }
+    held_part_ops_owned(kind, obj, part.cloned())
+}
+
+/// The same, moving `part` into the op.
+fn held_part_ops_owned(kind: CalicoKind, obj: &Value, part: Option<Value>) -> Vec<PatchOperation> {
     let path = pointer(held_pointer(kind));
     match (obj.pointer(held_pointer(kind)), part) {
-        (now, want) if now == want => vec![],
-        (Some(_), Some(v)) => vec![PatchOperation::Replace(ReplaceOperation {
-            path,
-            value: v.clone(),
-        })],
-        (None, Some(v)) => vec![PatchOperation::Add(AddOperation {
-            path,
-            value: v.clone(),
-        })],
+        (now, want) if now == want.as_ref() => vec![],
+        (Some(_), Some(value)) => vec![PatchOperation::Replace(ReplaceOperation { path, value })],
+        (None, Some(value)) => vec![PatchOperation::Add(AddOperation { path, value })],
         (Some(_), None) => vec![PatchOperation::Remove(RemoveOperation { path })],
         (None, None) => vec![],
     }

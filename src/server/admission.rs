@@ -126,19 +126,11 @@ pub fn encode(resp: AdmissionResponse) -> Vec<u8> {
         uid: &'a str,
         allowed: bool,
         status: &'a kube::core::Status,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        patch: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        patch_type: Option<&'static str>,
         #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
         audit_annotations: &'a std::collections::HashMap<String, String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         warnings: Option<&'a Vec<String>>,
     }
-    let patch = resp
-        .patch
-        .as_ref()
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
     let out = Out {
         api_version: "admission.k8s.io/v1",
         kind: "AdmissionReview",
@@ -146,13 +138,31 @@ pub fn encode(resp: AdmissionResponse) -> Vec<u8> {
             uid: &resp.uid,
             allowed: resp.allowed,
             status: &resp.result,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
             audit_annotations: &resp.audit_annotations,
             warnings: resp.warnings.as_ref(),
         },
     };
-    serde_json::to_vec(&out).expect("an AdmissionReview encodes")
+    let mut bytes = serde_json::to_vec(&out).expect("an AdmissionReview encodes");
+    if let Some(patch) = &resp.patch {
+        // The patch is base64-encoded straight into the answer, as the last
+        // member of `response` (the base64 alphabet needs no JSON escaping):
+        // no copy of a patch of many kilobytes, no scan of it for escapes.
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let closing = bytes.split_off(bytes.len() - 2);
+        debug_assert_eq!(closing, b"}}", "response is Out's last member");
+        let len = base64::encoded_len(patch.len(), true).expect("a patch fits in memory");
+        bytes.reserve(len + 40);
+        bytes.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+        let start = bytes.len();
+        bytes.resize(start + len, 0);
+        let written = engine
+            .encode_slice(patch, &mut bytes[start..])
+            .expect("sized by encoded_len");
+        bytes.truncate(start + written);
+        bytes.extend_from_slice(b"\"");
+        bytes.extend_from_slice(&closing);
+    }
+    bytes
 }
 
 #[cfg(test)]
@@ -179,6 +189,38 @@ mod tests {
             .decode(out["response"]["patch"].as_str().unwrap())
             .unwrap();
         assert_eq!(bytes, br#"[{"op":"add","path":"/a","value":1}]"#);
+    }
+
+    proptest::proptest! {
+        /// Whatever the answer holds (warnings with quotes and newlines, a
+        /// denial, a patch of any size), it encodes to one JSON review that
+        /// says exactly that.
+        #[test]
+        fn every_answer_encodes_to_the_review_it_says(
+            uid in "[a-z0-9-]{0,12}",
+            allowed: bool,
+            warnings in proptest::option::of(proptest::collection::vec(".{0,20}", 0..3)),
+            patch in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)),
+        ) {
+            let mut resp = AdmissionResponse::invalid("no");
+            resp.uid = uid.clone();
+            resp.allowed = allowed;
+            resp.warnings = warnings.clone();
+            resp.patch = patch.clone();
+            let out: Value = serde_json::from_slice(&encode(resp)).unwrap();
+            proptest::prop_assert_eq!(out["kind"].as_str(), Some("AdmissionReview"));
+            let r = &out["response"];
+            proptest::prop_assert_eq!(r["uid"].as_str(), Some(uid.as_str()));
+            proptest::prop_assert_eq!(r["allowed"].as_bool(), Some(allowed));
+            let got_warnings: Option<Vec<String>> = serde_json::from_value(r["warnings"].clone()).unwrap();
+            proptest::prop_assert_eq!(got_warnings, warnings);
+            use base64::Engine as _;
+            let got_patch = r["patch"].as_str().map(|p| {
+                base64::engine::general_purpose::STANDARD.decode(p).unwrap()
+            });
+            proptest::prop_assert_eq!(&got_patch, &patch);
+            proptest::prop_assert_eq!(r["patchType"].as_str(), patch.as_ref().map(|_| "JSONPatch"));
+        }
     }
 
     #[test]

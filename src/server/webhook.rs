@@ -39,6 +39,14 @@ pub struct Webhook {
     pub metrics: Metrics,
 }
 
+/// What an answer changes in the object.
+enum Change {
+    Patch(json_patch::Patch),
+    /// The hold: the old object's held part of this kind (moved out of the
+    /// review by `judge`, not copied) and the record's annotations.
+    Hold(overlay::CalicoKind, [(&'static str, String); 3]),
+}
+
 impl Webhook {
     /// Answers one review body; always returns a response body.
     pub fn review(&self, body: &[u8]) -> (Vec<u8>, Outcome) {
@@ -76,7 +84,21 @@ impl Webhook {
     /// caches it reads and the local-hold note). The review is consumed: a
     /// patch is checked by applying it to the object itself, not a copy.
     pub fn judge(&self, mut review: Review, now: Timestamp) -> (AdmissionResponse, Outcome) {
-        let (resp, patch, outcome) = self.decide(&review, now);
+        let (resp, change, outcome) = self.decide(&review, now);
+        let patch = match change {
+            Change::Patch(p) => p,
+            Change::Hold(kind, annotations) => {
+                // The old object's held part goes into the patch as it is:
+                // the review is ours, nothing else reads it.
+                let old_part = review
+                    .old_object
+                    .as_mut()
+                    .and_then(|o| o.pointer_mut(hold::held_pointer(kind)))
+                    .map(serde_json::Value::take);
+                let new = review.object.as_ref().expect("a held review has an object");
+                hold::hold_patch_from(kind, old_part, new, annotations)
+            }
+        };
         if patch.0.is_empty() {
             return (resp, outcome);
         }
@@ -103,13 +125,9 @@ impl Webhook {
         (resp, outcome)
     }
 
-    /// The decision, and the patch (possibly empty) to answer with.
-    fn decide(
-        &self,
-        review: &Review,
-        now: Timestamp,
-    ) -> (AdmissionResponse, json_patch::Patch, Outcome) {
-        let no_patch = || json_patch::Patch(Vec::new());
+    /// The decision, and the change to the object it answers with.
+    fn decide(&self, review: &Review, now: Timestamp) -> (AdmissionResponse, Change, Outcome) {
+        let no_patch = || Change::Patch(json_patch::Patch(Vec::new()));
         let req = &review.request;
         let settings = &self.cluster.settings;
         let mut outcome = Outcome {
@@ -242,11 +260,11 @@ impl Webhook {
             action,
         };
         let verdict = gate::decide(&situation);
-        let (mut resp, patch, outcome) = match verdict {
+        let (mut resp, change, outcome) = match verdict {
             // (strips a stray action marker, if any)
             // Nothing held here: a record or action marker the update brings
             // along (a copied manifest, a planted annotation) is removed.
-            Verdict::Admit => (allow, hold::clear_record_patch(new), outcome),
+            Verdict::Admit => (allow, Change::Patch(hold::clear_record_patch(new)), outcome),
             Verdict::Pass { released } => {
                 outcome.verdict = if released { "released" } else { "passed" };
                 if !req.dry_run {
@@ -260,14 +278,14 @@ impl Webhook {
                 } else {
                     hold::clear_record_patch(new)
                 };
-                (allow, patch, outcome)
+                (allow, Change::Patch(patch), outcome)
             }
             Verdict::Cancel => {
                 outcome.verdict = "cancelled";
                 if !req.dry_run {
                     self.cluster.held.forget_local_hold(&key);
                 }
-                (allow, hold::clear_record_patch(new), outcome)
+                (allow, Change::Patch(hold::clear_record_patch(new)), outcome)
             }
             Verdict::KeepRecord => {
                 outcome.verdict = "pending";
@@ -289,7 +307,11 @@ impl Webhook {
                     settings.calico_namespace
                 );
                 resp.warnings = Some(vec![warning]);
-                (resp, hold::keep_record_patch(old, new), outcome)
+                (
+                    resp,
+                    Change::Patch(hold::keep_record_patch(old, new)),
+                    outcome,
+                )
             }
             Verdict::Hold(why) => {
                 let switch = switch.expect("only switches are held");
@@ -308,8 +330,8 @@ impl Webhook {
                     since,
                     reason: why.clone(),
                 };
-                let patch = match hold::hold_patch(kind, old, new, &record) {
-                    Ok(p) => p,
+                let annotations = match record.annotation_values() {
+                    Ok(a) => a,
                     Err(e) => {
                         // Cannot record the intent: refuse rather than lose it.
                         outcome.decision = Decision::Error;
@@ -333,13 +355,13 @@ impl Webhook {
                     warnings.push(j.describe(&record));
                 }
                 resp.warnings = Some(warnings);
-                (resp, patch, outcome)
+                (resp, Change::Hold(kind, annotations), outcome)
             }
         };
         if let Some(w) = damaged {
             resp.warnings.get_or_insert_with(Vec::new).push(w);
         }
-        (resp, patch, outcome)
+        (resp, change, outcome)
     }
 }
 
