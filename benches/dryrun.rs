@@ -272,7 +272,8 @@ fn main() {
             more than the whole fixed answer: the fixed answer returning only our three record \
             annotations already costs about as much as our hold (row 3), and returning our precomputed \
             hold patch (row 4) costs nearly all of it, with no work of ours in the path. What is left for \
-            our server is the last ratio. A held switch must change the object (restore the template, \
+            our server is the third ratio (held against the fixed answer returning the same \
+            patch). A held switch must change the object (restore the template, \
             record the intent), so a patch cannot be avoided. See *Profiles* below for where \
             kube-apiserver spends that time, and what was tried.\n";
     }

@@ -169,20 +169,27 @@ fn main() {
         .then_some(())
     });
 
-    // A fresh start: the time until the cache holds every node.
-    env.server.stop();
-    let t = Instant::now();
-    env.server = Server::start(env.dir.path(), env.cp.kubeconfig(), &[]);
-    let synced = eventually("synced after start", Duration::from_secs(120), || {
-        (env.server.ready()
-            && metric(&env.server, "overlay_switch_nodes") == Some(total as f64)
-            && metric(&env.server, "overlay_switch_nodes_with_route") == Some(routed as f64))
-        .then(|| t.elapsed())
-    });
+    // Fresh starts: the time until the cache holds every node, and the
+    // RSS once it does.
+    let (mut syncs, mut rsses) = (vec![], vec![]);
+    for _ in 0..if quick() { 2 } else { 3 } {
+        env.server.stop();
+        let t = Instant::now();
+        env.server = Server::start(env.dir.path(), env.cp.kubeconfig(), &[]);
+        let synced = eventually("synced after start", Duration::from_secs(120), || {
+            (env.server.ready()
+                && metric(&env.server, "overlay_switch_nodes") == Some(total as f64)
+                && metric(&env.server, "overlay_switch_nodes_with_route") == Some(routed as f64))
+            .then(|| t.elapsed())
+        });
+        syncs.push(synced.as_secs_f64());
+        std::thread::sleep(Duration::from_millis(500));
+        rsses.push(rss_mib(env.server.pid()).0);
+    }
+    let (synced, rss) = (Stats::of(syncs), Stats::of(rsses));
     env.register_webhook();
     env.wait_webhook_active();
     let at_n = Stats::of(review_times(&env.server, rounds));
-    let (rss, _) = rss_mib(env.server.pid());
 
     // Baseline: whole Nodes in a reflector, its own process.
     let child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -292,14 +299,15 @@ fn main() {
         without_route + 1
     );
     md += &format!(
-        "| cache synced after the server's start | {:.2} s | | | < 5 s | {} |\n",
-        synced.as_secs_f64(),
-        verdict(synced < Duration::from_secs(5))
+        "| cache synced after the server's start (min / median / max of its starts) | {} s | | | < 5 s | {} |\n",
+        synced.show(2),
+        verdict(synced.max < 5.0)
     );
     md += &format!(
-        "| server RSS, synced | {rss:.1} MiB | whole-Node reflector process {reflector_rss:.1} MiB | {:.2}x | < 50 MB | {} |\n",
-        rss / reflector_rss,
-        verdict(rss * 1.048576 < 50.0)
+        "| server RSS once synced (min / median / max of its starts) | {} MiB | whole-Node reflector process {reflector_rss:.1} MiB | {:.2}x | < 50 MB | {} |\n",
+        rss.show(1),
+        rss.median / reflector_rss,
+        verdict(rss.max * 1.048576 < 50.0)
     );
     md += &format!(
         "| review time in the server (held, µs, min / median / max of {rounds}) | {total} nodes: {} | 10 nodes: {} | {gate_ratio:.2}x | the same | {} |\n",

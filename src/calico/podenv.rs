@@ -17,6 +17,7 @@
 //!   `configMapKeyRef` to a missing key with `optional: true` leaves the
 //!   variable as it was (unset, or set by `envFrom`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
@@ -49,25 +50,27 @@ pub enum EnvValue {
     Unknown(String),
 }
 
-/// Text or unknown, as stored while the environment is built.
+/// Text or unknown, as stored while the environment is built (text is
+/// borrowed from the container or the ConfigMap unless it was expanded).
 #[derive(Debug, Clone)]
-enum Slot {
-    Text(String),
+enum Slot<'a> {
+    Text(Cow<'a, str>),
     Unknown(String),
 }
 
 /// The environment of `container` (a container object as JSON), as far as
 /// it can be known. `guarded` is the one ConfigMap whose content is known.
-pub struct Environment {
-    vars: HashMap<String, Slot>,
+pub struct Environment<'a> {
+    vars: HashMap<Cow<'a, str>, Slot<'a>>,
     /// `envFrom` sources that could set any name (unknown content).
     opaque: Vec<String>,
 }
 
-impl Environment {
-    pub fn of(container: &Value, guarded: KnownConfigMap<'_>) -> Self {
+impl<'a> Environment<'a> {
+    pub fn of(container: &'a Value, guarded: KnownConfigMap<'a>) -> Self {
+        let entries = container.get("env").and_then(Value::as_array);
         let mut env = Environment {
-            vars: HashMap::new(),
+            vars: HashMap::with_capacity(entries.map_or(0, Vec::len)),
             opaque: Vec::new(),
         };
         if let Some(sources) = container.get("envFrom").and_then(Value::as_array) {
@@ -75,7 +78,7 @@ impl Environment {
                 env.env_from(source, guarded);
             }
         }
-        if let Some(entries) = container.get("env").and_then(Value::as_array) {
+        if let Some(entries) = entries {
             for entry in entries {
                 env.entry(entry, guarded);
             }
@@ -86,7 +89,7 @@ impl Environment {
     /// The value of `name`.
     pub fn get(&self, name: &str) -> EnvValue {
         match self.vars.get(name) {
-            Some(Slot::Text(t)) => EnvValue::Text(t.clone()),
+            Some(Slot::Text(t)) => EnvValue::Text(t.to_string()),
             Some(Slot::Unknown(w)) => EnvValue::Unknown(w.clone()),
             // Not set by anything we can read: an opaque envFrom may set it.
             None if self.opaque.is_empty() => EnvValue::Absent,
@@ -109,8 +112,8 @@ impl Environment {
         let mut out: Vec<(String, EnvValue)> = self
             .vars
             .keys()
-            .filter(|k| k.as_str() != name && k.eq_ignore_ascii_case(name))
-            .map(|k| (k.clone(), self.get(k)))
+            .filter(|k| k.as_ref() != name && k.eq_ignore_ascii_case(name))
+            .map(|k| (k.to_string(), self.get(k)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -122,7 +125,7 @@ impl Environment {
         format!("may be set by envFrom {}", self.opaque.join(", "))
     }
 
-    fn env_from(&mut self, source: &Value, guarded: KnownConfigMap<'_>) {
+    fn env_from(&mut self, source: &'a Value, guarded: KnownConfigMap<'a>) {
         let prefix = source.get("prefix").and_then(Value::as_str).unwrap_or("");
         let cm_name = source.pointer("/configMapRef/name").and_then(Value::as_str);
         let with_prefix = |what: String| {
@@ -136,8 +139,13 @@ impl Environment {
             Some(name) if name == guarded.name && !name.is_empty() => match guarded.data {
                 Some(Some(data)) => {
                     for (k, v) in data {
-                        let text = v.as_str().unwrap_or_default().to_string();
-                        self.vars.insert(format!("{prefix}{k}"), Slot::Text(text));
+                        let text = Cow::Borrowed(v.as_str().unwrap_or_default());
+                        let name = if prefix.is_empty() {
+                            Cow::Borrowed(k.as_str())
+                        } else {
+                            Cow::Owned(format!("{prefix}{k}"))
+                        };
+                        self.vars.insert(name, Slot::Text(text));
                     }
                     return;
                 }
@@ -162,7 +170,7 @@ impl Environment {
         }
     }
 
-    fn entry(&mut self, entry: &Value, guarded: KnownConfigMap<'_>) {
+    fn entry(&mut self, entry: &'a Value, guarded: KnownConfigMap<'a>) {
         let Some(name) = entry.get("name").and_then(Value::as_str) else {
             return;
         };
@@ -171,18 +179,18 @@ impl Environment {
             self.expand(value)
         } else {
             match entry.get("valueFrom").filter(|v| !v.is_null()) {
-                None => Slot::Text(String::new()),
+                None => Slot::Text(Cow::Borrowed("")),
                 Some(from) => match self.value_from(from, guarded) {
                     Some(slot) => slot,
                     None => return, // optional and missing: leaves it as it was
                 },
             }
         };
-        self.vars.insert(name.to_string(), slot);
+        self.vars.insert(Cow::Borrowed(name), slot);
     }
 
     /// `None`: an optional reference to a missing key (nothing is set).
-    fn value_from(&self, from: &Value, guarded: KnownConfigMap<'_>) -> Option<Slot> {
+    fn value_from(&self, from: &Value, guarded: KnownConfigMap<'a>) -> Option<Slot<'a>> {
         let Some(cm) = from.get("configMapKeyRef") else {
             return Some(Slot::Unknown(describe_source(from)));
         };
@@ -197,7 +205,7 @@ impl Environment {
                 "from ConfigMap {name} key {key} (not yet known)"
             ))),
             Some(data) => match data.and_then(|d| d.get(key)) {
-                Some(v) => Some(Slot::Text(v.as_str().unwrap_or_default().to_string())),
+                Some(v) => Some(Slot::Text(Cow::Borrowed(v.as_str().unwrap_or_default()))),
                 // A missing key: with `optional` the variable is not set;
                 // without, the kubelet does not start the container, so no
                 // value is ever read from it.
@@ -210,10 +218,14 @@ impl Environment {
     }
 
     /// Kubernetes' `$(VAR)` expansion against the variables defined so far.
-    fn expand(&self, input: &str) -> Slot {
+    fn expand(&self, input: &'a str) -> Slot<'a> {
+        // Only `$` starts anything to expand.
+        if !input.contains('$') {
+            return Slot::Text(Cow::Borrowed(input));
+        }
         let mut unknown = None;
         let out = expand(input, |name| match self.vars.get(name) {
-            Some(Slot::Text(t)) => Some(t.clone()),
+            Some(Slot::Text(t)) => Some(t.to_string()),
             Some(Slot::Unknown(w)) => {
                 unknown.get_or_insert_with(|| format!("$({name}), {w}"));
                 Some(String::new())
@@ -228,7 +240,7 @@ impl Environment {
         });
         match unknown {
             Some(w) => Slot::Unknown(w),
-            None => Slot::Text(out),
+            None => Slot::Text(Cow::Owned(out)),
         }
     }
 }

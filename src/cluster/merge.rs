@@ -20,14 +20,25 @@ pub fn list_key(lists: &[&[Value]]) -> Option<&'static str> {
     }
     ["name", "mountPath"].into_iter().find(|key| {
         lists.iter().all(|l| {
-            let mut seen = HashSet::new();
-            l.iter().all(|v| {
-                v.get(*key)
-                    .and_then(Value::as_str)
-                    .is_some_and(|k| seen.insert(k))
-            })
+            let names: Option<Vec<&str>> = l
+                .iter()
+                .map(|v| v.get(*key).and_then(Value::as_str))
+                .collect();
+            names.is_some_and(|names| unique(&names))
         })
     })
+}
+
+/// No name twice (pod lists are short: comparing beats hashing).
+fn unique(names: &[&str]) -> bool {
+    if names.len() > 64 {
+        let mut seen = HashSet::with_capacity(names.len());
+        return names.iter().all(|n| seen.insert(*n));
+    }
+    names
+        .iter()
+        .enumerate()
+        .all(|(i, n)| !names[i + 1..].contains(n))
 }
 
 /// The merge of `theirs` and `ours` over `base` (see the module comment).
@@ -155,6 +166,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn a_list_with_a_name_twice_or_missing_is_merged_by_position() {
+        let named =
+            |names: &[&str]| -> Vec<Value> { names.iter().map(|n| json!({"name": n})).collect() };
+        assert_eq!(
+            list_key(&[&named(&["a", "b"]), &named(&["b"])]),
+            Some("name")
+        );
+        assert_eq!(list_key(&[&named(&["a", "b", "a"]), &named(&["b"])]), None);
+        assert_eq!(list_key(&[&named(&["a"]), &[json!({"value": 1})]]), None);
+        let mounts = [json!({"mountPath": "/a"}), json!({"mountPath": "/b"})];
+        assert_eq!(list_key(&[&mounts, &mounts[..1]]), Some("mountPath"));
+        // Long lists too (hashed).
+        let many: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+        let mut names: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(list_key(&[&named(&names)]), Some("name"));
+        names.push("n7");
+        assert_eq!(list_key(&[&named(&names)]), None);
+        assert_eq!(list_key(&[&[], &[]]), None);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Value {
         Value::Array(
