@@ -85,11 +85,14 @@ dev-up: build controlplane
 dev-down:
 	@scripts/demo.sh down
 
-## Every bench (BENCH_QUICK=1: a fast look), then BENCHMARKS.md from their sections.
+## Every bench, then BENCHMARKS.md from their sections (BENCH_QUICK=1: a
+## fast look, written to target/BENCHMARKS-quick.md instead).
+BENCH_REPORT = $(if $(filter-out 0,$(BENCH_QUICK)),target/BENCHMARKS-quick.md,BENCHMARKS.md)
 bench: controlplane
 	rm -rf target/bench-report
 	$(CARGO) bench $(LOCKED)
-	scripts/bench-report.sh > BENCHMARKS.md
+	scripts/bench-report.sh > $(BENCH_REPORT)
+	@echo "written: $(BENCH_REPORT)"
 
 clean:
 	$(CARGO) clean

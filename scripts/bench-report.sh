@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/bench-report
 quick=${BENCH_QUICK:-}
+[ "$quick" = 0 ] && quick=
 cat <<HEAD
 # Benchmarks
 
